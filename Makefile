@@ -1,0 +1,45 @@
+# canary-serve. Every target uses the project's own virtual environment in .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch 2.13.0 on machines that carry it locally; a CUDA build from PyPI elsewhere.
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= configs/demo.yaml
+
+.PHONY: setup demo up down test lint format artifacts bench clean
+
+setup: $(VENV)/.installed  ## create .venv and install canary-serve with its test and lint tools
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	touch $@
+
+demo: setup  ## the main job: local Ray, the demo config, demo traffic, a weight change, live numbers
+	$(VENV)/bin/canary demo --config $(CONFIG)
+
+up: setup  ## start a local Ray head and deploy $(CONFIG) in the background; returns once /healthz is 200
+	$(VENV)/bin/canary up --config $(CONFIG)
+
+down: setup  ## stop what `make up` started
+	$(VENV)/bin/canary down
+
+test: setup  ## the whole test suite (unit, integration on one shared local Ray, e2e)
+	$(PY) -m pytest
+
+lint: setup  ## ruff (lint + format check) on everything, mypy on the pure core
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+artifacts: setup  ## retrain the example models deterministically into models/artifacts
+	$(PY) -m models.train
+
+clean:
+	rm -rf $(VENV) .canary .pytest_cache .mypy_cache .ruff_cache
