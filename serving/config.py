@@ -1,0 +1,162 @@
+"""Config schemas of the serving layer, validated when a config is loaded, never on a request.
+
+The Ingress deployment's ``user_config`` holds the ``rollout:`` section (changed in place by a redeploy, no
+replica restarts); the application's ``args`` hold only what needs new replicas anyway (the artifacts).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models.faults import FaultConfig
+from serving.errors import ConfigError, InvalidConfigError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArmTimeouts(_Strict):
+    stable: float = Field(5.0, gt=0, le=300, description="seconds to wait for the stable model, (0, 300]")
+    candidate: float = Field(2.0, gt=0, le=300, description="seconds to wait for the candidate, (0, 300]")
+
+
+class RoutingKey(_Strict):
+    header: str = Field("X-Routing-Key", min_length=1, description="request header that holds the sticky key")
+    body_field: str | None = Field(
+        None, min_length=1, description="top-level body field used as the key when the header is absent"
+    )
+
+
+class RolloutSection(_Strict):
+    """The ``rollout:`` section of the Ingress ``user_config``."""
+
+    mode: Literal["manual"] = Field(
+        "manual", description="'manual': the config's candidate_weight is the routing weight"
+    )
+    candidate_weight: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="percent of live traffic (0–100, resolution 0.01) served by the candidate",
+    )
+    timeouts_s: ArmTimeouts = Field(default_factory=ArmTimeouts, description="per-arm time-outs in seconds")
+    fallback: bool = Field(
+        True,
+        description="answer with the stable model when the candidate errs, times out or breaks the contract",
+    )
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES,
+        ge=64,
+        le=256 * 1024 * 1024,
+        description="largest request body accepted, bytes",
+    )
+    routing_key: RoutingKey = Field(default_factory=RoutingKey, description="where the sticky key is read")
+
+    @field_validator("candidate_weight")
+    @classmethod
+    def _resolution(cls, value: float) -> float:
+        if abs(value * 100 - round(value * 100)) > 1e-6:
+            raise ValueError(f"resolution is 0.01 percent, got {value!r}; round it to two decimals")
+        return value
+
+
+class IngressConfig(_Strict):
+    """The whole ``user_config`` of the ``Ingress`` deployment."""
+
+    rollout: RolloutSection = Field(default_factory=RolloutSection, description="the rollout section")
+
+
+class Batching(_Strict):
+    max_batch_size: int = Field(32, ge=1, le=4096, description="largest batch handed to the model, 1–4096")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=10, description="seconds to wait for a batch to fill, 0–10"
+    )
+
+
+class ModelServerConfig(_Strict):
+    """The ``user_config`` of a ``ModelServer`` deployment (``stable`` or ``candidate``)."""
+
+    batching: Batching = Field(default_factory=Batching, description="dynamic batching")
+    faults: FaultConfig | None = Field(
+        None, description="fault injection for tests and demos; off when absent"
+    )
+    max_consecutive_ooms: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="consecutive OOM batches after which the replica reports itself unhealthy",
+    )
+
+
+class ArmArgs(_Strict):
+    artifact: str = Field(min_length=1, description="path of a model artifact directory holding model.json")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' uses the GPU Ray assigned when there is one, else the CPU"
+    )
+
+
+class AppArgs(_Strict):
+    """The application's ``args`` (changing them restarts every replica: keep rollout values out)."""
+
+    stable: ArmArgs = Field(description="the model in production")
+    candidate: ArmArgs = Field(description="the model being rolled out")
+
+
+def _field_description(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    current: Any = model
+    description = ""
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not isinstance(part, str) or fields is None or part not in fields:
+            break
+        info = fields[part]
+        description = info.description or ""
+        current = info.annotation
+    return description
+
+
+def validate_section(model: type[ModelT], data: Any, *, source: str, prefix: str = "") -> ModelT:
+    """Validates ``data`` against ``model``; raises `InvalidConfigError` naming every bad key.
+
+    Example:
+        >>> validate_section(IngressConfig, {"rollout": {"candidate_weight": 120}}, source="user_config")
+        Traceback (most recent call last):
+        ...
+        serving.errors.InvalidConfigError: invalid user_config:
+          - `rollout.candidate_weight`: Input should be less than or equal to 100 (got 120); expected ...
+    """
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(root)"
+            problem = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                problem = "unknown key"
+                expected = f"one of {sorted(_allowed_keys(model, loc[:-1]))}"
+            else:
+                expected = _field_description(model, loc)
+            got = err.get("input") if err["type"] != "missing" else None
+            if isinstance(got, dict):
+                got = None
+            errors.append(ConfigError(key, problem, expected, got))
+        raise InvalidConfigError(source, errors) from None
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", {})
+        if not isinstance(part, str) or part not in fields:
+            return []
+        current = fields[part].annotation
+    return list(getattr(current, "model_fields", {}))

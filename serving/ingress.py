@@ -1,0 +1,234 @@
+"""The `Ingress` deployment: validates a request, picks an arm by sticky weight, calls the model, keeps the
+output contract (falling back to stable when the candidate fails it) and labels the answer.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.artifact import InputSchema
+from models.errors import InvalidInputError
+from models.inputs import parse_request
+from models.server import ModelOverloadedError
+from serving.config import IngressConfig, validate_section
+from serving.contract import OutputContract
+from serving.errors import InvalidConfigError
+from serving.http import HTTPProblem, parse_json, read_body
+from serving.routing import Arm, RoutingTable
+
+logger = logging.getLogger("ray.serve")
+
+# Headers a model replica never needs to see (fault injection scopes by the others).
+_PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+app = FastAPI(title="canary-serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": error, "detail": exc.detail}, status_code=exc.status_code)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    return JSONResponse({"error": "invalid_input", "detail": detail}, status_code=422)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error in the Ingress")
+    return JSONResponse(
+        {"error": "internal", "detail": "unexpected error; see the Ingress log"}, status_code=500
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one model call gave: an answer that keeps the contract, or why it did not."""
+
+    arm: Arm
+    status: str  # "ok" | "timeout" | "overloaded" | "error" | "contract"
+    output: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+    latency_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+_FAILURE_ANSWERS = {
+    "timeout": (504, "model_timeout", "the {arm} model did not answer within {timeout}s"),
+    "overloaded": (503, "model_overloaded", "the {arm} model ran out of device memory for this batch; retry"),
+    "error": (503, "model_unavailable", "the {arm} model failed to answer; retry"),
+    "contract": (502, "contract_violation", "the {arm} model's answer broke the output contract"),
+}
+
+
+@serve.deployment(max_ongoing_requests=200, graceful_shutdown_timeout_s=10)
+@serve.ingress(app)
+class Ingress:
+    """Routes each request to the stable or the candidate model and answers with the output contract.
+
+    Args:
+        stable: handle of the ``stable`` ModelServer deployment.
+        candidate: handle of the ``candidate`` ModelServer deployment.
+        input_schema: the models' shared input schema (from the artifacts' metadata).
+        versions: ``{"stable": version, "candidate": version}`` from the artifacts' metadata.
+    """
+
+    def __init__(
+        self,
+        stable: DeploymentHandle,
+        candidate: DeploymentHandle,
+        input_schema: dict[str, Any],
+        versions: dict[str, str],
+    ) -> None:
+        self._handles = {Arm.STABLE: stable, Arm.CANDIDATE: candidate}
+        self._input_schema = InputSchema.model_validate(input_schema)
+        self._versions = {Arm(arm): version for arm, version in versions.items()}
+        self._contract = OutputContract()
+        self._config = IngressConfig()
+        self._table = RoutingTable()
+        self._configured = False
+        self._config_error: str | None = None
+        self._rng = random.Random()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Takes a new ``rollout:`` section; an invalid one on a running replica is refused and logged.
+
+        Raising here on a running replica would make Serve replace it with replicas that cannot start, so
+        the running routing stays and the refusal shows in ``GET /rollout`` as ``config_error``.
+        """
+        try:
+            config = validate_section(IngressConfig, user_config, source="Ingress user_config")
+        except InvalidConfigError as exc:
+            if not self._configured:
+                raise
+            self._config_error = str(exc)
+            logger.error(
+                "%s\nkeeping the running rollout (candidate_weight=%s)",
+                exc,
+                self._config.rollout.candidate_weight,
+            )
+            return
+        self._config = config
+        self._config_error = None
+        self._configured = True
+        if config.rollout.candidate_weight != self._table.candidate_weight:
+            self._table = RoutingTable(config.rollout.candidate_weight, self._table.version + 1)
+            logger.info("routing: candidate_weight=%s%%", config.rollout.candidate_weight)
+
+    @app.post("/predict")
+    async def predict(self, request: Request) -> JSONResponse:
+        """Answers with the chosen arm's output. ``X-Request-Id`` is added by Serve's proxy (its own request
+        id, which the request context here carries too), so it is not set again: a client sees one id."""
+        try:
+            rollout = self._config.rollout
+            body = parse_json(await read_body(request, rollout.max_body_bytes))
+            try:
+                inputs = parse_request(self._input_schema, body)
+            except InvalidInputError as exc:
+                raise HTTPProblem(422, "invalid_input", exc.errors) from None
+            arm = self._table.choose(self._routing_key(request, body), self._rng)
+            headers = {k: v for k, v in request.headers.items() if k not in _PRIVATE_HEADERS}
+            outcome = await self._call(arm, inputs, headers)
+            fallback_reason = None
+            if arm is Arm.CANDIDATE and not outcome.ok and rollout.fallback:
+                fallback_reason = outcome.status
+                outcome = await self._call(Arm.STABLE, inputs, headers)
+            if not outcome.ok:
+                raise self._failure(outcome)
+        except HTTPProblem as problem:
+            return problem.response()
+        assert outcome.output is not None
+        answer_headers = {
+            "X-Model-Version": str(outcome.output["model_version"]),
+            "X-Canary-Arm": outcome.arm.value,
+        }
+        if fallback_reason:
+            answer_headers["X-Canary-Fallback"] = fallback_reason
+        return JSONResponse(outcome.output, headers=answer_headers)
+
+    def _routing_key(self, request: Request, body: Any) -> str | None:
+        spec = self._config.rollout.routing_key
+        key = request.headers.get(spec.header)
+        if not key and spec.body_field and isinstance(body, dict):
+            value = body.get(spec.body_field)
+            key = str(value) if value is not None else None
+        return key or None
+
+    async def _call(self, arm: Arm, inputs: dict[str, Any], headers: Mapping[str, str]) -> Outcome:
+        timeout = getattr(self._config.rollout.timeouts_s, arm.value)
+        started = time.perf_counter()
+        response = self._handles[arm].predict.remote(inputs, dict(headers))
+        try:
+            output = await asyncio.wait_for(response, timeout)
+        except TimeoutError:
+            response.cancel()  # wait_for alone leaves the downstream call running
+            return Outcome(arm, "timeout", latency_s=time.perf_counter() - started)
+        except ModelOverloadedError:
+            return Outcome(arm, "overloaded", latency_s=time.perf_counter() - started)
+        except Exception as exc:  # any failure of the model call is the model's, never the client's
+            logger.debug("%s call failed: %r", arm.value, exc)
+            return Outcome(
+                arm, "error", problems=[type(exc).__name__], latency_s=time.perf_counter() - started
+            )
+        latency = time.perf_counter() - started
+        problems = self._contract.violations(output)
+        if problems:
+            return Outcome(arm, "contract", output, problems, latency)
+        return Outcome(arm, "ok", output, latency_s=latency)
+
+    def _failure(self, outcome: Outcome) -> HTTPProblem:
+        status, error, template = _FAILURE_ANSWERS[outcome.status]
+        timeout = getattr(self._config.rollout.timeouts_s, outcome.arm.value)
+        detail = template.format(arm=outcome.arm.value, timeout=timeout)
+        if outcome.problems and outcome.status == "contract":
+            detail += ": " + "; ".join(outcome.problems)
+        return HTTPProblem(status, error, detail)
+
+    @app.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        """200 when the stable model answers its info call within 5 s; 503 otherwise."""
+        response = self._handles[Arm.STABLE].info.remote()
+        try:
+            info = await asyncio.wait_for(response, 5.0)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                response.cancel()
+            return JSONResponse(
+                {"status": "unavailable", "detail": f"stable model: {type(exc).__name__}"}, status_code=503
+            )
+        return JSONResponse({"status": "ok", "stable": info["model_version"]})
+
+    @app.get("/rollout")
+    async def rollout(self) -> dict[str, Any]:
+        """The rollout as this Ingress replica routes it."""
+        rollout = self._config.rollout
+        return {
+            "mode": rollout.mode,
+            "stage": "manual",
+            "candidate_weight": self._table.candidate_weight,
+            "shadow_percent": 0.0,
+            "routing_table_version": self._table.version,
+            "fallback": rollout.fallback,
+            "timeouts_s": rollout.timeouts_s.model_dump(),
+            "arms": {
+                arm.value: {"deployment": arm.value, "model_version": self._versions[arm]} for arm in Arm
+            },
+            "config_error": self._config_error,
+        }
