@@ -1,0 +1,1 @@
+"""The rollout side of canary-serve: the `canary` CLI, config checks, and (later) the controller and judge."""

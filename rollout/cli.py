@@ -1,0 +1,144 @@
+"""The ``canary`` command: ``up``, ``down``, ``deploy``, ``validate``, ``demo``, ``traffic``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rollout.cluster import SERVE_URL, ClusterError, LocalHead, serve_deploy, serve_status_message, wait_for
+from rollout.configfile import check_config, load_config
+from serving.errors import InvalidConfigError
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+
+def _validate(path: str) -> None:
+    check_config(load_config(path), source=path)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    _validate(args.config)
+    print(f"{args.config}: valid")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    _validate(args.config)
+    result = serve_deploy(args.config, args.address)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    return result.returncode
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _validate(args.config)
+    head = LocalHead()
+    started = head.start(num_cpus=args.num_cpus)
+    print("Ray head started" if started else "Ray head already running; deploying into it")
+    result = serve_deploy(args.config)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        return result.returncode
+    if not wait_for(f"{SERVE_URL}/healthz", args.timeout):
+        print(f"/healthz did not answer 200 within {args.timeout:.0f}s", file=sys.stderr)
+        print(serve_status_message(), file=sys.stderr)
+        return 1
+    print(f"canary-serve is up: {SERVE_URL}/predict  (GET /rollout, /healthz)")
+    return 0
+
+
+def cmd_down(_: argparse.Namespace) -> int:
+    print(
+        "stopped the Ray head `canary up` started"
+        if LocalHead().stop()
+        else "no Ray head started by `canary up`"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rollout.demo import run_demo
+
+    return run_demo(
+        args.config,
+        phase_s=args.phase_seconds,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        second_weight=args.then_weight,
+        keep=args.keep,
+    )
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from rollout.demo import render
+    from rollout.traffic import drive
+
+    with Live(console=Console(), refresh_per_second=2) as live:
+        stats = drive(
+            args.url,
+            requests=args.requests,
+            duration_s=args.duration,
+            concurrency=args.concurrency,
+            on_tick=lambda s: live.update(render(s, args.url)),
+        )
+        live.update(render(stats, args.url))
+    return 0 if stats.statuses[200] == stats.total else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canary", description="canary-serve: model rollouts on Ray Serve")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("validate", help="check a Serve config (every canary key) without deploying it")
+    s.add_argument("config")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("deploy", help="validate a Serve config, then `serve deploy` it")
+    s.add_argument("config")
+    s.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard address")
+    s.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("up", help="start a local Ray head, deploy a config, wait for /healthz")
+    s.add_argument("--config", default=DEFAULT_CONFIG)
+    s.add_argument("--num-cpus", type=int, default=None)
+    s.add_argument("--timeout", type=float, default=240.0)
+    s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("down", help="stop the Ray head `canary up` started (and nothing else)")
+    s.set_defaults(func=cmd_down)
+
+    s = sub.add_parser("demo", help="the main job: bring up the demo, drive traffic, change the weight")
+    s.add_argument("--config", default=DEFAULT_CONFIG)
+    s.add_argument("--phase-seconds", type=float, default=20.0)
+    s.add_argument("--requests", type=int, default=20_000)
+    s.add_argument("--concurrency", type=int, default=8)
+    s.add_argument("--then-weight", type=float, default=50.0)
+    s.add_argument("--keep", action="store_true", help="leave the Ray head running afterwards")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("traffic", help="send bounded demo traffic to a running canary-serve (loopback only)")
+    s.add_argument("--url", default=SERVE_URL)
+    s.add_argument("--requests", type=int, default=2000)
+    s.add_argument("--duration", type=float, default=30.0)
+    s.add_argument("--concurrency", type=int, default=8)
+    s.set_defaults(func=cmd_traffic)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InvalidConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ClusterError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
