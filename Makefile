@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # The CPU build of torch 2.13.0 on machines that carry it locally; a CUDA build from PyPI elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/demo.yaml
+# A PYTHONPATH from the caller could shadow our top-level packages (serving, models, rollout) in the CLI and in
+# every Ray worker the head starts; the project's own venv has everything it needs.
+unexport PYTHONPATH
 
 .PHONY: setup demo up down test lint format artifacts bench clean
 

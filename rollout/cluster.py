@@ -26,11 +26,15 @@ class ClusterError(RuntimeError):
     """The local head could not be started, reached or stopped; the message says what to do."""
 
 
+def _auth_token_file() -> Path:
+    return Path.home() / ".ray" / "auth_token"
+
+
 def ray_cli_env() -> dict[str, str]:
     """The environment for Ray's CLIs. Ray 2.60 writes ``~/.ray/auth_token`` on first start; after that CLI
     calls to a running cluster need ``RAY_AUTH_MODE=token``, which users should never have to know."""
     env = dict(os.environ)
-    if (Path.home() / ".ray" / "auth_token").exists():
+    if _auth_token_file().exists():
         env.setdefault("RAY_AUTH_MODE", "token")
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
@@ -42,10 +46,21 @@ def _cli(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def http_status(url: str, timeout: float = 3.0) -> int:
+def dashboard_headers() -> dict[str, str]:
+    """The bearer token Ray's dashboard asks for when the cluster runs with token authentication."""
+    if ray_cli_env().get("RAY_AUTH_MODE") != "token":
+        return {}
+    try:
+        return {"Authorization": f"Bearer {_auth_token_file().read_text().strip()}"}
+    except OSError:
+        return {}
+
+
+def http_status(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None) -> int:
     """The HTTP status of a GET, or 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -89,7 +104,7 @@ class LocalHead:
 
     def start(self, num_cpus: int | None = None, timeout_s: float = 120) -> bool:
         """Starts a head unless one is reachable; returns whether this call started it."""
-        if self.pid() is not None or http_status(f"{DASHBOARD_URL}/api/version") == 200:
+        if self.pid() is not None or http_status(f"{DASHBOARD_URL}/api/version", headers=dashboard_headers()):
             return False
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -116,7 +131,7 @@ class LocalHead:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise ClusterError(f"`ray start` exited with {process.returncode}; see {self.log_file}")
-            if http_status(f"{DASHBOARD_URL}/api/version") == 200:
+            if http_status(f"{DASHBOARD_URL}/api/version", headers=dashboard_headers()) == 200:
                 return True
             time.sleep(1.0)
         raise ClusterError(f"Ray's dashboard did not answer within {timeout_s:.0f}s; see {self.log_file}")
@@ -160,7 +175,8 @@ def serve_deploy(config_path: str | Path, address: str = DASHBOARD_URL) -> subpr
 def serve_status_message(address: str = DASHBOARD_URL) -> str:
     """The application status messages Serve reports (where a failed build explains itself)."""
     try:
-        with urllib.request.urlopen(f"{address}/api/serve/applications/", timeout=5) as response:
+        request = urllib.request.Request(f"{address}/api/serve/applications/", headers=dashboard_headers())
+        with urllib.request.urlopen(request, timeout=5) as response:
             details = json.load(response)
     except (OSError, ValueError):
         return ""
