@@ -19,7 +19,7 @@ import random
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.errors import InjectedFaultError
 
@@ -110,9 +110,21 @@ class FaultConfig(BaseModel):
         default=None,
         description=(
             "Break the output contract: `missing_field` drops `confidence`, `renamed_field` renames "
-            "`prediction` to `label`, `confidence_out_of_range` sets confidence to 1.7."
+            "`prediction` to `label`, `confidence_out_of_range` sets confidence to 1.7; `true` means "
+            "`missing_field`, `false` none."
         ),
     )
+
+    @field_validator("schema_break", mode="before")
+    @classmethod
+    def _schema_break_switch(cls, value: Any) -> Any:
+        # `schema_break: true` is the natural way to say "break it"; it picks the most common break.
+        if value is True:
+            return "missing_field"
+        if value is False:
+            return None
+        return value
+
     schema_break_rate: float = Field(
         default=1.0, ge=0.0, le=1.0, description="Probability an output is broken when `schema_break` is set."
     )

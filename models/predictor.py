@@ -21,6 +21,7 @@ class Predictor:
     predicted label, in [0, 1], rounded to 6 decimals.
 
     Example:
+        >>> from models.artifact import load_artifact
         >>> predictor = Predictor(load_artifact("models/artifacts/fraud-v1"), torch.device("cpu"))
         >>> predictor.predict_batch(predictor.example_inputs(2))[0].keys()
         dict_keys(['prediction', 'confidence'])

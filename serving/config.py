@@ -11,7 +11,10 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from models.faults import FaultConfig
+from serving.contract import ContractSection
 from serving.errors import ConfigError, InvalidConfigError
+from serving.fields import FieldSpec
+from serving.segments import SegmentsSection
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -58,6 +61,21 @@ class RolloutSection(_Strict):
         description="largest request body accepted, bytes",
     )
     routing_key: RoutingKey = Field(default_factory=RoutingKey, description="where the sticky key is read")
+    shadow_percent: float = Field(
+        0.0, ge=0, le=100, description="percent of stable's requests mirrored to the candidate (0–100)"
+    )
+    shadow_max_in_flight: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="mirrored calls in flight per Ingress replica; beyond it they are dropped",
+    )
+    shadow_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=300,
+        description="time-out of a mirrored call in seconds (default: timeouts_s.candidate)",
+    )
 
     @field_validator("candidate_weight")
     @classmethod
@@ -71,6 +89,18 @@ class IngressConfig(_Strict):
     """The whole ``user_config`` of the ``Ingress`` deployment."""
 
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="the rollout section")
+    contract: ContractSection = Field(default_factory=ContractSection, description="the output contract")
+    segments: SegmentsSection = Field(default_factory=SegmentsSection, description="segment labels")
+    fields: tuple[FieldSpec, ...] = Field((), description="answer fields compared per arm (mean or rate)")
+
+    @field_validator("fields")
+    @classmethod
+    def _unique_names(cls, fields: tuple[FieldSpec, ...]) -> tuple[FieldSpec, ...]:
+        names = [f.name for f in fields]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"field names must be unique, {duplicates} repeat")
+        return fields
 
 
 class Batching(_Strict):

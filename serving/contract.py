@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -36,6 +38,7 @@ class OutputContract:
     )
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=lambda: {"confidence": (0.0, 1.0)})
     labels: frozenset[str] | None = None
+    json_schema: Any = None  # a compiled jsonschema validator, or None
 
     def violations(self, output: Any) -> list[str]:
         """Every way ``output`` breaks the contract; empty when it keeps it."""
@@ -53,6 +56,10 @@ class OutputContract:
                 problems.append(f"{name}: {value} is outside [{low}, {high}]")
         if self.labels is not None and "prediction" in output and output["prediction"] not in self.labels:
             problems.append(f"prediction: {output['prediction']!r} is not one of {sorted(self.labels)}")
+        if self.json_schema is not None:
+            for error in self.json_schema.iter_errors(output):
+                where = ".".join(str(p) for p in error.absolute_path) or "(answer)"
+                problems.append(f"{where}: {error.message} (json_schema)")
         return problems
 
 
@@ -60,3 +67,59 @@ def _is_json_type(value: Any, type_name: str) -> bool:
     if isinstance(value, bool):
         return type_name == "boolean"
     return isinstance(value, _JSON_TYPES[type_name])
+
+
+JsonType = Literal["string", "number", "integer", "boolean", "object", "array"]
+
+
+class ContractSection(BaseModel):
+    """The ``contract:`` section of the Ingress ``user_config``; the default is the seed rule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    required: tuple[str, ...] = Field(
+        ("prediction", "confidence", "model_version"), description="fields every answer must have"
+    )
+    types: dict[str, JsonType] = Field(
+        default_factory=lambda: dict[str, JsonType](confidence="number", model_version="string"),
+        description="field → JSON type (string, number, integer, boolean, object, array)",
+    )
+    ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"confidence": (0.0, 1.0)}, description="field → [min, max], inclusive"
+    )
+    labels: tuple[str, ...] | None = Field(None, description="allowed values of `prediction`")
+    json_schema: dict[str, Any] | None = Field(None, description="a JSON Schema every answer must satisfy")
+
+    @field_validator("ranges")
+    @classmethod
+    def _ordered(cls, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (low, high) in ranges.items():
+            if not low <= high:
+                raise ValueError(f"range of {name!r} must be [min, max] with min <= max, got [{low}, {high}]")
+        return ranges
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            import jsonschema
+
+            try:
+                jsonschema.validators.validator_for(schema).check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return schema
+
+    def build(self) -> OutputContract:
+        validator = None
+        if self.json_schema is not None:
+            import jsonschema
+
+            validator = jsonschema.validators.validator_for(self.json_schema)(self.json_schema)
+        return OutputContract(
+            required=self.required,
+            types=dict(self.types),
+            ranges=dict(self.ranges),
+            labels=frozenset(self.labels) if self.labels is not None else None,
+            json_schema=validator,
+        )

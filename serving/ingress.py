@@ -22,10 +22,13 @@ from models.errors import InvalidInputError
 from models.inputs import parse_request
 from models.server import ModelOverloadedError
 from serving.config import IngressConfig, validate_section
-from serving.contract import OutputContract
 from serving.errors import InvalidConfigError
+from serving.fields import extract
 from serving.http import HTTPProblem, parse_json, read_body
 from serving.routing import Arm, RoutingTable
+from serving.segments import ALL, Segment, SegmentExtractor
+from serving.shadow import ShadowMirror
+from serving.telemetry import Window
 
 logger = logging.getLogger("ray.serve")
 
@@ -100,12 +103,15 @@ class Ingress:
         self._handles = {Arm.STABLE: stable, Arm.CANDIDATE: candidate}
         self._input_schema = InputSchema.model_validate(input_schema)
         self._versions = {Arm(arm): version for arm, version in versions.items()}
-        self._contract = OutputContract()
         self._config = IngressConfig()
+        self._contract = self._config.contract.build()
+        self._segments = SegmentExtractor(self._config.segments)
         self._table = RoutingTable()
         self._configured = False
         self._config_error: str | None = None
         self._rng = random.Random()
+        self._window = Window(start=time.time())
+        self._shadow = ShadowMirror(self._window, self._record, self._rng)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Takes a new ``rollout:`` section; an invalid one on a running replica is refused and logged.
@@ -125,9 +131,16 @@ class Ingress:
                 self._config.rollout.candidate_weight,
             )
             return
+        previous = self._config
         self._config = config
         self._config_error = None
         self._configured = True
+        if config.contract != previous.contract:
+            self._contract = config.contract.build()
+        if config.segments != previous.segments:
+            self._segments = SegmentExtractor(config.segments)
+        self._shadow.percent = config.rollout.shadow_percent
+        self._shadow.max_in_flight = config.rollout.shadow_max_in_flight
         if config.rollout.candidate_weight != self._table.candidate_weight:
             self._table = RoutingTable(config.rollout.candidate_weight, self._table.version + 1)
             logger.info("routing: candidate_weight=%s%%", config.rollout.candidate_weight)
@@ -138,18 +151,16 @@ class Ingress:
         id, which the request context here carries too), so it is not set again: a client sees one id."""
         try:
             rollout = self._config.rollout
-            body = parse_json(await read_body(request, rollout.max_body_bytes))
+            raw = await read_body(request, rollout.max_body_bytes)
+            body = parse_json(raw)
             try:
                 inputs = parse_request(self._input_schema, body)
             except InvalidInputError as exc:
                 raise HTTPProblem(422, "invalid_input", exc.errors) from None
             arm = self._table.choose(self._routing_key(request, body), self._rng)
             headers = {k: v for k, v in request.headers.items() if k not in _PRIVATE_HEADERS}
-            outcome = await self._call(arm, inputs, headers)
-            fallback_reason = None
-            if arm is Arm.CANDIDATE and not outcome.ok and rollout.fallback:
-                fallback_reason = outcome.status
-                outcome = await self._call(Arm.STABLE, inputs, headers)
+            segments = self._segments.segments(headers, body, request.url.path, len(raw))
+            outcome, fallback_reason = await self._serve(arm, inputs, headers, segments)
             if not outcome.ok:
                 raise self._failure(outcome)
         except HTTPProblem as problem:
@@ -163,6 +174,44 @@ class Ingress:
             answer_headers["X-Canary-Fallback"] = fallback_reason
         return JSONResponse(outcome.output, headers=answer_headers)
 
+    async def _serve(
+        self, arm: Arm, inputs: dict[str, Any], headers: dict[str, str], segments: list[Segment]
+    ) -> tuple[Outcome, str | None]:
+        """Calls the chosen arm (mirroring to the candidate when sampled) and falls back when it fails."""
+        stable_answer: asyncio.Future[Outcome | None] | None = None
+        if arm is Arm.STABLE and self._shadow.sampled():
+            stable_answer = asyncio.get_running_loop().create_future()
+            timeout = self._config.rollout.shadow_timeout_s
+            self._shadow.mirror(
+                lambda: self._call(Arm.CANDIDATE, inputs, headers, timeout), stable_answer, segments
+            )
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._call(arm, inputs, headers)
+        finally:
+            if stable_answer is not None:  # the mirror waits for it, so resolve it whatever happens
+                stable_answer.set_result(outcome)
+        self._record(arm.value, outcome, segments)
+        if arm is Arm.CANDIDATE and not outcome.ok and self._config.rollout.fallback:
+            self._count_fallback(segments)
+            reason = outcome.status
+            outcome = await self._call(Arm.STABLE, inputs, headers)
+            self._record(Arm.STABLE.value, outcome, segments)
+            return outcome, reason
+        return outcome, None
+
+    def _record(self, arm: str, outcome: Outcome, segments: list[Segment]) -> None:
+        values = (
+            extract(self._config.fields, outcome.output) if self._config.fields and outcome.output else None
+        )
+        self._window.arm(arm, ALL).record(outcome.status, outcome.latency_s, values)
+        for segment in segments:
+            self._window.arm(arm, segment).record(outcome.status, outcome.latency_s, values)
+
+    def _count_fallback(self, segments: list[Segment]) -> None:
+        for segment in [ALL, *segments]:
+            self._window.arm(Arm.CANDIDATE.value, segment).fallbacks += 1
+
     def _routing_key(self, request: Request, body: Any) -> str | None:
         spec = self._config.rollout.routing_key
         key = request.headers.get(spec.header)
@@ -171,8 +220,10 @@ class Ingress:
             key = str(value) if value is not None else None
         return key or None
 
-    async def _call(self, arm: Arm, inputs: dict[str, Any], headers: Mapping[str, str]) -> Outcome:
-        timeout = getattr(self._config.rollout.timeouts_s, arm.value)
+    async def _call(
+        self, arm: Arm, inputs: dict[str, Any], headers: Mapping[str, str], timeout: float | None = None
+    ) -> Outcome:
+        timeout = timeout or getattr(self._config.rollout.timeouts_s, arm.value)
         started = time.perf_counter()
         response = self._handles[arm].predict.remote(inputs, dict(headers))
         try:
@@ -219,16 +270,41 @@ class Ingress:
     async def rollout(self) -> dict[str, Any]:
         """The rollout as this Ingress replica routes it."""
         rollout = self._config.rollout
+        window = self._window
         return {
             "mode": rollout.mode,
             "stage": "manual",
             "candidate_weight": self._table.candidate_weight,
-            "shadow_percent": 0.0,
+            "shadow_percent": rollout.shadow_percent,
             "routing_table_version": self._table.version,
             "fallback": rollout.fallback,
             "timeouts_s": rollout.timeouts_s.model_dump(),
             "arms": {
-                arm.value: {"deployment": arm.value, "model_version": self._versions[arm]} for arm in Arm
+                arm.value: {
+                    "deployment": arm.value,
+                    "model_version": self._versions[arm],
+                    "stats": window.arm(arm.value).summary(),
+                }
+                for arm in Arm
             },
+            "shadow": {
+                **window.shadow_in(ALL).summary(),
+                "in_flight": self._shadow.in_flight,
+                "max_in_flight": rollout.shadow_max_in_flight,
+                "stats": window.arm("shadow").summary(),
+            },
+            "segments": [
+                {
+                    "label": label,
+                    "value": value,
+                    **{
+                        arm: window.arm(arm, (label, value)).summary()
+                        for arm in ("stable", "candidate", "shadow")
+                    },
+                    "shadow": window.shadow_in((label, value)).summary(),
+                }
+                for label, value in window.segments()
+            ],
+            "since": window.start,
             "config_error": self._config_error,
         }

@@ -148,3 +148,8 @@ def test_break_output_respects_rate_and_segment() -> None:
 def test_injected_fault_error_is_a_model_error() -> None:
     err = InjectedFaultError("oom")
     assert isinstance(err, ModelError) and err.kind == "oom" and "oom" in str(err)
+
+
+def test_schema_break_true_means_missing_field_and_false_means_none():
+    assert FaultConfig(schema_break=True).schema_break == "missing_field"
+    assert FaultConfig(schema_break=False).schema_break is None

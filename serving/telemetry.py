@@ -1,0 +1,221 @@
+"""The telemetry records of one Ingress replica: per arm × segment stats and shadow comparisons, in one
+typed, mergeable shape. Pure: no Ray, no HTTP, no clock (times are passed in).
+
+A `Window` holds `ArmStats` keyed by (arm, segment) where arm is ``stable``, ``candidate`` or ``shadow`` (the
+candidate's answers to mirrored requests) and segment is ``("all", "all")`` or a (label, value) pair, plus
+`ShadowStats` keyed by segment. Merging two windows adds every counter and histogram, so the merged window
+equals the window of all requests exactly, whichever replica saw them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.segments import ALL, Segment
+from serving.sketch import LatencySketch
+
+CONFIDENCE_BINS = 20  # for the confidence distribution of each arm (PSI)
+DIFF_BINS = 100  # |Δ confidence| in [0, 1] at 0.01 resolution
+
+
+@dataclass
+class FieldStat:
+    """Sum and count of an extracted field: a mean for numbers, a rate for booleans."""
+
+    total: float = 0.0
+    count: int = 0
+
+    def merge(self, other: FieldStat) -> None:
+        self.total += other.total
+        self.count += other.count
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+
+@dataclass
+class ArmStats:
+    """What one arm did in one segment: outcomes, latency, extracted fields."""
+
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    overloaded: int = 0
+    contract_failures: int = 0
+    fallbacks: int = 0  # requests this (candidate) arm failed and stable answered instead
+    latency: LatencySketch = field(default_factory=LatencySketch)
+    fields: dict[str, FieldStat] = field(default_factory=dict)
+
+    def record(self, status: str, latency_s: float, values: dict[str, float] | None = None) -> None:
+        self.requests += 1
+        if status == "ok":
+            self.ok += 1
+        elif status == "timeout":
+            self.timeouts += 1
+        elif status == "overloaded":
+            self.overloaded += 1
+        elif status == "contract":
+            self.contract_failures += 1
+        else:
+            self.errors += 1
+        if status != "timeout":  # a time-out's latency is the time-out, not the model's
+            self.latency.add(latency_s)
+        for name, value in (values or {}).items():
+            stat = self.fields.setdefault(name, FieldStat())
+            stat.total += value
+            stat.count += 1
+
+    def merge(self, other: ArmStats) -> None:
+        for name in ("requests", "ok", "errors", "timeouts", "overloaded", "contract_failures", "fallbacks"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latency.merge(other.latency)
+        for key, stat in other.fields.items():
+            self.fields.setdefault(key, FieldStat()).merge(stat)
+
+    def summary(self) -> dict[str, Any]:
+        def ms(q: float) -> float | None:
+            value = self.latency.quantile(q)
+            return round(value * 1000, 3) if value is not None else None
+
+        n = self.requests
+        return {
+            "requests": n,
+            "ok": self.ok,
+            "errors": self.errors,
+            "timeouts": self.timeouts,
+            "overloaded": self.overloaded,
+            "contract_failures": self.contract_failures,
+            "fallbacks": self.fallbacks,
+            "error_rate": (self.errors + self.overloaded) / n if n else None,
+            "timeout_rate": self.timeouts / n if n else None,
+            "contract_pass_rate": 1 - self.contract_failures / n if n else None,
+            "latency_ms": {"p50": ms(0.5), "p95": ms(0.95), "p99": ms(0.99)},
+            "fields": {k: s.mean for k, s in sorted(self.fields.items())},
+        }
+
+
+@dataclass
+class ShadowStats:
+    """Mirrored pairs in one segment. Invariant: mirrored = completed + dropped + timed_out + failed."""
+
+    mirrored: int = 0
+    completed: int = 0
+    dropped: int = 0
+    timed_out: int = 0
+    failed: int = 0
+    compared: int = 0  # completed pairs where both answers kept the contract
+    agreed: int = 0
+    confidence_diff: list[int] = field(default_factory=lambda: [0] * (DIFF_BINS + 1))
+    confidence_diff_total: float = 0.0
+    confidence_stable: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
+    confidence_candidate: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
+
+    def compare(self, stable: dict[str, Any], candidate: dict[str, Any]) -> None:
+        """Records one pair of valid answers."""
+        self.compared += 1
+        self.agreed += stable.get("prediction") == candidate.get("prediction")
+        a, b = float(stable["confidence"]), float(candidate["confidence"])
+        diff = abs(a - b)
+        self.confidence_diff[min(DIFF_BINS, round(diff * DIFF_BINS))] += 1
+        self.confidence_diff_total += diff
+        self.confidence_stable[_confidence_bin(a)] += 1
+        self.confidence_candidate[_confidence_bin(b)] += 1
+
+    def merge(self, other: ShadowStats) -> None:
+        for name in ("mirrored", "completed", "dropped", "timed_out", "failed", "compared", "agreed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.confidence_diff_total += other.confidence_diff_total
+        for mine, theirs in (
+            (self.confidence_diff, other.confidence_diff),
+            (self.confidence_stable, other.confidence_stable),
+            (self.confidence_candidate, other.confidence_candidate),
+        ):
+            for i, n in enumerate(theirs):
+                mine[i] += n
+
+    @property
+    def agreement_rate(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
+
+    def confidence_diff_quantile(self, q: float) -> float | None:
+        if not self.compared:
+            return None
+        rank, seen = q * (self.compared - 1), 0
+        for i, n in enumerate(self.confidence_diff):
+            seen += n
+            if seen > rank:
+                return i / DIFF_BINS
+        return 1.0
+
+    def psi(self) -> float | None:
+        """Population stability index of the candidate's confidence against stable's (0 = same shape;
+        > 0.25 is the usual "significant shift" reading)."""
+        return population_stability_index(self.confidence_stable, self.confidence_candidate)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mirrored": self.mirrored,
+            "completed": self.completed,
+            "dropped": self.dropped,
+            "timed_out": self.timed_out,
+            "failed": self.failed,
+            "compared": self.compared,
+            "agreement_rate": self.agreement_rate,
+            "confidence_diff_mean": self.confidence_diff_total / self.compared if self.compared else None,
+            "confidence_diff_p95": self.confidence_diff_quantile(0.95),
+            "confidence_psi": self.psi(),
+        }
+
+
+def _confidence_bin(confidence: float) -> int:
+    return min(CONFIDENCE_BINS - 1, max(0, int(confidence * CONFIDENCE_BINS)))
+
+
+def population_stability_index(expected: list[int], actual: list[int], floor: float = 1e-4) -> float | None:
+    """PSI = Σ (a − e) ln(a / e) over bins of proportions; None when either side is empty."""
+    e_total, a_total = sum(expected), sum(actual)
+    if not e_total or not a_total:
+        return None
+    psi = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        pe, pa = max(e / e_total, floor), max(a / a_total, floor)
+        psi += (pa - pe) * math.log(pa / pe)
+    return psi
+
+
+@dataclass
+class Window:
+    """Telemetry over a span of time from one or more Ingress replicas."""
+
+    start: float = 0.0
+    end: float = 0.0
+    arms: dict[tuple[str, Segment], ArmStats] = field(default_factory=dict)
+    shadow: dict[Segment, ShadowStats] = field(default_factory=dict)
+
+    def arm(self, arm: str, segment: Segment = ALL) -> ArmStats:
+        key = (arm, segment)
+        stats = self.arms.get(key)
+        if stats is None:
+            stats = self.arms[key] = ArmStats()
+        return stats
+
+    def shadow_in(self, segment: Segment = ALL) -> ShadowStats:
+        stats = self.shadow.get(segment)
+        if stats is None:
+            stats = self.shadow[segment] = ShadowStats()
+        return stats
+
+    def merge(self, other: Window) -> None:
+        self.start = min(self.start, other.start) if self.arms or self.shadow else other.start
+        self.end = max(self.end, other.end)
+        for key, stats in other.arms.items():
+            self.arm(*key).merge(stats)
+        for segment, shadow in other.shadow.items():
+            self.shadow_in(segment).merge(shadow)
+
+    def segments(self) -> list[Segment]:
+        return sorted({segment for _, segment in self.arms if segment != ALL})
