@@ -30,7 +30,11 @@ class Predictor:
     def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
         self._loaded = loaded
         self.device = device
-        self.module = loaded.module.to(device).eval()
+        # An answer must not depend on which requests share its batch: float32 kernels pick different
+        # reduction orders by batch size, which moves the 6th decimal of a confidence now and then. The
+        # tabular models are tiny, so they run in float64, where that noise is far below the rounding.
+        self._dtype = torch.float64 if loaded.metadata.input_schema.kind == "features" else torch.float32
+        self.module = loaded.module.to(device=device, dtype=self._dtype).eval()
         meta = loaded.metadata
         self._positive = meta.labels.index(meta.positive_label) if meta.positive_label is not None else None
 
@@ -47,7 +51,8 @@ class Predictor:
     def encode(self, inputs: list[dict[str, Any]]) -> torch.Tensor:
         """Encode parsed inputs as the module's input tensor, on the predictor's device.
 
-        Features become float32 [B, length]; texts become token ids [B, L] (see `tokenize`).
+        Features become float64 [B, length]; texts become token ids [B, max_len] (see `tokenize`), padded
+        to the model's full length so that a text's answer does not depend on its batch-mates' lengths.
 
         Raises:
             InvalidInputError: an input lacks the field the schema needs or has the wrong length.
@@ -68,7 +73,7 @@ class Predictor:
                         ]
                     )
                 rows.append(row)
-            return torch.tensor(rows, dtype=torch.float32, device=self.device).reshape(
+            return torch.tensor(rows, dtype=self._dtype, device=self.device).reshape(
                 len(rows), schema.length or 0
             )
         texts = []
@@ -78,7 +83,10 @@ class Predictor:
                 raise InvalidInputError([{"field": f"{i}.text", "message": "must be a string"}])
             texts.append(text)
         params = self.metadata.params
-        ids = tokenize(texts, int(params.get("vocab_size", 4096)), int(params.get("max_len", 64)))
+        max_len = int(params.get("max_len", 64))
+        ids = tokenize(texts, int(params.get("vocab_size", 4096)), max_len)
+        if ids.shape[1] < max_len:
+            ids = torch.nn.functional.pad(ids, (0, max_len - ids.shape[1]))
         return ids.to(self.device)
 
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:

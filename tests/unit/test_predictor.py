@@ -67,6 +67,19 @@ def test_batch_equals_one_by_one(name: str, request: pytest.FixtureRequest) -> N
         assert b["confidence"] == pytest.approx(s["confidence"], abs=1e-5)
 
 
+def test_fraud_answers_are_identical_whatever_the_batch() -> None:
+    # A shadow or a neighbour in the batch must never change a client's answer, not even in the 6th decimal.
+    predictor = Predictor(load_artifact("models/artifacts/fraud-v2"), torch.device("cpu"))
+    x, _ = fraud_dataset(600, seed=9)
+    inputs = [{"features": [float(v) for v in row]} for row in x]
+    alone = [predictor.predict_batch([item])[0] for item in inputs]
+    for size in (3, 17, 64, 600):
+        batched = [
+            out for i in range(0, len(inputs), size) for out in predictor.predict_batch(inputs[i : i + size])
+        ]
+        assert batched == alone, size
+
+
 def test_binary_decision_uses_threshold_and_reports_predicted_probability(
     fraud_v2: Predictor, holdout: tuple[np.ndarray, np.ndarray]
 ) -> None:
