@@ -21,7 +21,9 @@ from ray import serve
 from models.artifact import load_artifact
 from models.errors import InjectedFaultError, ModelError
 from models.faults import FaultInjector
+from models.gpu import GpuMonitor
 from models.predictor import Predictor
+from rollout.controller import get_or_create_controller
 from serving.config import ModelServerConfig, validate_section
 from serving.errors import InvalidConfigError
 
@@ -94,6 +96,11 @@ class ModelServer:
         self._faults = FaultInjector(None, random.Random())
         self._consecutive_ooms = 0
         self._oom_events = 0
+        self._gpu = GpuMonitor()
+        context = serve.get_replica_context()
+        self._replica_id = context.replica_id.unique_id
+        self._controller = get_or_create_controller(context.app_name)
+        self._reporter: asyncio.Task[None] | None = None
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -136,6 +143,7 @@ class ModelServer:
             inputs: the validated model input, ``{"features": [...]}`` or ``{"text": "..."}``.
             headers: request headers the Ingress forwards (used only to scope injected faults).
         """
+        self._ensure_reporter()
         headers = headers or {}
         faults = self._faults
         inject = faults.active and faults.applies_to(headers)
@@ -177,8 +185,40 @@ class ModelServer:
         self._consecutive_ooms = 0
         return answers
 
-    def check_health(self) -> None:
-        """Fails after repeated OOMs, so Serve replaces the replica."""
+    def _ensure_reporter(self) -> None:
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+
+    def report(self) -> dict[str, Any]:
+        """What this replica tells the controller: GPU samples (absent without a GPU), OOMs, identity."""
+        return {
+            "pid": os.getpid(),
+            "model_version": self._metadata.version,
+            "device": str(self._device),
+            "oom_events": self._oom_events,
+            "gpus": [g.to_dict() for g in self._gpu.sample()] if self._gpu.available else None,
+            "batching": self._config.batching.model_dump(),
+        }
+
+    async def _report_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(
+                    self._controller.report_replica.remote(self._arm, self._replica_id, self.report()), 10
+                )
+                failures = 0
+            except Exception as exc:  # the controller restarts: report again next time, say so rarely
+                failures += 1
+                if failures in (1, 10, 100):
+                    logger.warning(
+                        "%s: report to the rollout controller failed %d time(s): %r", self._arm, failures, exc
+                    )
+            await asyncio.sleep(self._config.report_interval_s)
+
+    async def check_health(self) -> None:
+        """Fails after repeated OOMs, so Serve replaces the replica; also keeps the reporter running."""
+        self._ensure_reporter()
         limit = self._config.max_consecutive_ooms
         if self._consecutive_ooms >= limit:
             raise ModelError(f"{self._arm}: {self._consecutive_ooms} consecutive OOM batches (limit {limit})")

@@ -12,7 +12,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,6 +22,7 @@ from models.artifact import InputSchema
 from models.errors import InvalidInputError
 from models.inputs import parse_request
 from models.server import ModelOverloadedError
+from rollout.controller import get_or_create_controller
 from serving.config import IngressConfig, validate_section
 from serving.errors import InvalidConfigError
 from serving.fields import extract
@@ -31,6 +33,8 @@ from serving.shadow import ShadowMirror
 from serving.telemetry import Window
 
 logger = logging.getLogger("ray.serve")
+
+FLUSH_INTERVAL_S = 1.0
 
 # Headers a model replica never needs to see (fault injection scopes by the others).
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -110,8 +114,15 @@ class Ingress:
         self._configured = False
         self._config_error: str | None = None
         self._rng = random.Random()
-        self._window = Window(start=time.time())
+        self._window = Window(start=time.time())  # counts since the last flush to the controller
         self._shadow = ShadowMirror(self._window, self._record, self._rng)
+        context = serve.get_replica_context()
+        self._app = context.app_name
+        self._replica_id = context.replica_id.unique_id
+        self._controller = get_or_create_controller(self._app)
+        self._flusher: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._flush_failures = 0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Takes a new ``rollout:`` section; an invalid one on a running replica is refused and logged.
@@ -149,6 +160,7 @@ class Ingress:
     async def predict(self, request: Request) -> JSONResponse:
         """Answers with the chosen arm's output. ``X-Request-Id`` is added by Serve's proxy (its own request
         id, which the request context here carries too), so it is not set again: a client sees one id."""
+        self._ensure_flusher()
         try:
             rollout = self._config.rollout
             raw = await read_body(request, rollout.max_body_bytes)
@@ -266,16 +278,62 @@ class Ingress:
             )
         return JSONResponse({"status": "ok", "stable": info["model_version"]})
 
-    @app.get("/rollout")
-    async def rollout(self) -> dict[str, Any]:
-        """The rollout as this Ingress replica routes it."""
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Sends the counts since the last flush to the controller; on failure they wait for the next one."""
+        async with self._flush_lock:
+            now = time.time()
+            delta, self._window = self._window, Window(start=now)
+            self._shadow.window = self._window
+            delta.end = now
+            try:
+                await asyncio.wait_for(
+                    self._controller.ingest.remote(self._replica_id, delta.to_dict(), self._shadow.in_flight),
+                    10,
+                )
+                self._flush_failures = 0
+            except Exception as exc:  # the controller restarts or is busy: keep the counts, retry next time
+                delta.merge(self._window)
+                self._window = delta
+                self._shadow.window = delta
+                self._flush_failures += 1
+                if self._flush_failures in (1, 10, 100):
+                    logger.warning(
+                        "telemetry flush to the controller failed %d time(s): %r", self._flush_failures, exc
+                    )
+
+    def _rollout_state(self) -> dict[str, Any]:
         rollout = self._config.rollout
-        window = self._window
         return {
             "mode": rollout.mode,
             "stage": "manual",
             "candidate_weight": self._table.candidate_weight,
             "shadow_percent": rollout.shadow_percent,
+        }
+
+    @app.get("/rollout", response_model=None)
+    async def rollout(self) -> dict[str, Any] | JSONResponse:
+        """The rollout and its numbers, merged over every Ingress and model replica by the controller."""
+        self._ensure_flusher()
+        await self._flush()
+        rollout = self._config.rollout
+        try:
+            merged = await asyncio.wait_for(self._controller.snapshot.remote(), 10)
+        except Exception as exc:
+            return HTTPProblem(
+                503, "controller_unavailable", f"the rollout controller did not answer: {exc!r}"
+            ).response()
+        arms = merged["arms"]
+        return {
+            **self._rollout_state(),
             "routing_table_version": self._table.version,
             "fallback": rollout.fallback,
             "timeouts_s": rollout.timeouts_s.model_dump(),
@@ -283,28 +341,33 @@ class Ingress:
                 arm.value: {
                     "deployment": arm.value,
                     "model_version": self._versions[arm],
-                    "stats": window.arm(arm.value).summary(),
+                    "stats": arms[arm.value],
                 }
                 for arm in Arm
             },
             "shadow": {
-                **window.shadow_in(ALL).summary(),
-                "in_flight": self._shadow.in_flight,
+                **merged["shadow"],
+                "in_flight": merged["shadow_in_flight"],
                 "max_in_flight": rollout.shadow_max_in_flight,
-                "stats": window.arm("shadow").summary(),
+                "stats": arms["shadow"],
             },
-            "segments": [
-                {
-                    "label": label,
-                    "value": value,
-                    **{
-                        arm: window.arm(arm, (label, value)).summary()
-                        for arm in ("stable", "candidate", "shadow")
-                    },
-                    "shadow": window.shadow_in((label, value)).summary(),
-                }
-                for label, value in window.segments()
-            ],
-            "since": window.start,
+            "segments": merged["segments"],
+            "replicas": merged["replicas"],
+            "oom_events": merged["oom_events"],
+            "restarts": merged["restarts"],
+            "since": merged["since"],
             "config_error": self._config_error,
         }
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        """Prometheus text: stable and candidate side by side, merged over replicas (one scrape target)."""
+        self._ensure_flusher()
+        await self._flush()
+        try:
+            text = await asyncio.wait_for(self._controller.metrics.remote(self._rollout_state()), 10)
+        except Exception as exc:
+            return HTTPProblem(
+                503, "controller_unavailable", f"the rollout controller did not answer: {exc!r}"
+            ).response()
+        return Response(content=text, media_type=CONTENT_TYPE_LATEST)

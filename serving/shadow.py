@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from serving.segments import ALL, Segment
-from serving.telemetry import Window
+from serving.telemetry import ShadowStats, Window
 
 logger = logging.getLogger("ray.serve")
 
@@ -63,18 +63,22 @@ class ShadowMirror:
         segments: list[Segment],
     ) -> None:
         """Starts one mirrored call, or drops it (counted) when ``max_in_flight`` calls are running."""
-        cells = [self.window.shadow_in(ALL)] + [self.window.shadow_in(s) for s in segments]
+        cells = self._cells(segments)
         for cell in cells:
             cell.mirrored += 1
         if len(self._tasks) >= self.max_in_flight:
             for cell in cells:
                 cell.dropped += 1
             return
-        task = asyncio.create_task(self._run(call_candidate, stable_answer, segments, cells))
+        task = asyncio.create_task(self._run(call_candidate, stable_answer, segments))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, call_candidate, stable_answer, segments, cells) -> None:  # type: ignore[no-untyped-def]
+    def _cells(self, segments: list[Segment]) -> list[ShadowStats]:
+        # Looked up when counted, not when launched: the window may have been flushed and replaced meanwhile.
+        return [self.window.shadow_in(ALL)] + [self.window.shadow_in(s) for s in segments]
+
+    async def _run(self, call_candidate, stable_answer, segments) -> None:  # type: ignore[no-untyped-def]
         outcome = None
         try:
             outcome = await call_candidate()
@@ -88,9 +92,9 @@ class ShadowMirror:
             )
             self._record_answer("shadow", outcome, segments)
             if outcome.status == "ok" and stable is not None and stable.status == "ok":
-                for cell in cells:
+                for cell in self._cells(segments):
                     cell.compare(stable.output or {}, outcome.output or {})
-        for cell in cells:
+        for cell in self._cells(segments):
             setattr(cell, outcome_status, getattr(cell, outcome_status) + 1)
 
     async def drain(self, timeout_s: float) -> None:

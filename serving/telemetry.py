@@ -70,7 +70,7 @@ class ArmStats:
             stat.count += 1
 
     def merge(self, other: ArmStats) -> None:
-        for name in ("requests", "ok", "errors", "timeouts", "overloaded", "contract_failures", "fallbacks"):
+        for name in _ARM_COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latency.merge(other.latency)
         for key, stat in other.fields.items():
@@ -219,3 +219,59 @@ class Window:
 
     def segments(self) -> list[Segment]:
         return sorted({segment for _, segment in self.arms if segment != ALL})
+
+    def empty(self) -> bool:
+        return not self.arms and not self.shadow
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain-data form (JSON-safe) for sending to the controller and for the store."""
+        return {
+            "start": self.start,
+            "end": self.end,
+            "arms": [
+                {
+                    "arm": arm,
+                    "segment": list(segment),
+                    **{k: getattr(st, k) for k in _ARM_COUNTERS},
+                    "latency": st.latency.to_dict(),
+                    "fields": {k: [f.total, f.count] for k, f in st.fields.items()},
+                }
+                for (arm, segment), st in self.arms.items()
+            ],
+            "shadow": [
+                {"segment": list(segment), **{k: getattr(sh, k) for k in _SHADOW_FIELDS}}
+                for segment, sh in self.shadow.items()
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Window:
+        window = cls(start=float(data["start"]), end=float(data["end"]))
+        for row in data["arms"]:
+            st = window.arm(row["arm"], (row["segment"][0], row["segment"][1]))
+            for k in _ARM_COUNTERS:
+                setattr(st, k, int(row[k]))
+            st.latency = LatencySketch.from_dict(row["latency"])
+            st.fields = {k: FieldStat(float(t), int(c)) for k, (t, c) in row["fields"].items()}
+        for row in data["shadow"]:
+            sh = window.shadow_in((row["segment"][0], row["segment"][1]))
+            for k in _SHADOW_FIELDS:
+                value = row[k]
+                setattr(sh, k, list(value) if isinstance(value, list) else value)
+        return window
+
+
+_ARM_COUNTERS = ("requests", "ok", "errors", "timeouts", "overloaded", "contract_failures", "fallbacks")
+_SHADOW_FIELDS = (
+    "mirrored",
+    "completed",
+    "dropped",
+    "timed_out",
+    "failed",
+    "compared",
+    "agreed",
+    "confidence_diff",
+    "confidence_diff_total",
+    "confidence_stable",
+    "confidence_candidate",
+)

@@ -1,0 +1,117 @@
+"""The controller's bookkeeping, free of Ray and of the wall clock (``now`` is passed in): merged telemetry
+from every Ingress replica, the latest report of every model replica, OOMs and restarts per arm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.segments import ALL
+from serving.telemetry import Window
+
+STALE_AFTER_S = 10.0  # a replica silent this long is gone
+
+
+@dataclass
+class ReplicaRecord:
+    arm: str
+    replica_id: str
+    first_seen: float
+    last_seen: float
+    report: dict[str, Any]
+    oom_seen: int = 0
+
+
+@dataclass
+class TelemetryState:
+    """Everything the controller knows about the numbers; `Window` merges are exact."""
+
+    total: Window = field(default_factory=Window)
+    ingress: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # replica id -> {"last_seen", "in_flight"}
+    replicas: dict[str, ReplicaRecord] = field(default_factory=dict)
+    oom_events: dict[str, int] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    _pending_lost: dict[str, list[float]] = field(default_factory=dict)
+    _gone: dict[str, int] = field(default_factory=dict)  # replica id -> OOMs already counted from it
+
+    def ingest(self, replica_id: str, window: Window, in_flight: int, now: float) -> None:
+        """Adds one Ingress replica's window (its counts since its previous report)."""
+        if self.total.empty():
+            self.total.start = window.start
+        self.total.merge(window)
+        self.ingress[replica_id] = {"last_seen": now, "in_flight": in_flight}
+
+    def report_replica(self, arm: str, replica_id: str, report: dict[str, Any], now: float) -> None:
+        """Records a model replica's latest report (GPU samples, cumulative OOM count)."""
+        self.expire(now)
+        record = self.replicas.get(replica_id)
+        if record is None:
+            record = self.replicas[replica_id] = ReplicaRecord(arm, replica_id, now, now, report)
+            lost = self._pending_lost.get(arm)
+            if (
+                replica_id in self._gone
+            ):  # it was only quiet (a long GC pause, a busy controller): not a restart
+                record.oom_seen = self._gone.pop(replica_id)
+            elif lost:
+                lost.pop(0)
+                self.restarts[arm] = self.restarts.get(arm, 0) + 1
+        ooms = int(report.get("oom_events", 0))
+        if ooms > record.oom_seen:
+            self.oom_events[arm] = self.oom_events.get(arm, 0) + ooms - record.oom_seen
+            record.oom_seen = ooms
+        record.last_seen, record.report = now, report
+
+    def expire(self, now: float) -> None:
+        """Drops replicas silent for `STALE_AFTER_S`; one replaced by a newer replica counts as a restart."""
+        for replica_id, record in list(self.replicas.items()):
+            if now - record.last_seen <= STALE_AFTER_S:
+                continue
+            del self.replicas[replica_id]
+            self._gone[replica_id] = record.oom_seen
+            replaced = any(
+                r.arm == record.arm
+                and r.first_seen > record.last_seen - STALE_AFTER_S
+                and r.first_seen > record.first_seen
+                for r in self.replicas.values()
+            )
+            if replaced:
+                self.restarts[record.arm] = self.restarts.get(record.arm, 0) + 1
+            else:
+                self._pending_lost.setdefault(record.arm, []).append(record.last_seen)
+        for replica_id, info in list(self.ingress.items()):
+            if now - info["last_seen"] > STALE_AFTER_S:
+                del self.ingress[replica_id]
+
+    def shadow_in_flight(self) -> int:
+        return sum(int(info["in_flight"]) for info in self.ingress.values())
+
+    def replica_reports(self) -> list[dict[str, Any]]:
+        return [{"arm": r.arm, "replica_id": r.replica_id, **r.report} for r in self.replicas.values()]
+
+    def per_arm(self) -> dict[str, dict[str, int]]:
+        return {"oom_events": dict(self.oom_events), "restarts": dict(self.restarts)}
+
+    def summary(self) -> dict[str, Any]:
+        """The merged numbers for ``GET /rollout``: per arm, shadow, per segment, replicas."""
+        w = self.total
+        return {
+            "arms": {arm: w.arm(arm, ALL).summary() for arm in ("stable", "candidate", "shadow")},
+            "shadow": w.shadow_in(ALL).summary(),
+            "segments": [
+                {
+                    "label": label,
+                    "value": value,
+                    **{
+                        arm: w.arm(arm, (label, value)).summary() for arm in ("stable", "candidate", "shadow")
+                    },
+                    "shadow": w.shadow_in((label, value)).summary(),
+                }
+                for label, value in w.segments()
+            ],
+            "replicas": self.replica_reports(),
+            "oom_events": dict(self.oom_events),
+            "restarts": dict(self.restarts),
+            "since": w.start,
+        }

@@ -1,0 +1,88 @@
+"""Telemetry on the real stack: merged across Ingress replicas, /metrics, OOMs and restarts counted."""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from conftest import deployment, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def fire(canary, n, **headers):
+    with ThreadPoolExecutor(8) as pool:
+        return [r.status_code for r in pool.map(lambda i: canary.predict(f"m{i}", **headers), range(n))]
+
+
+def served(canary):
+    arms = canary.rollout()["arms"]
+    return arms["stable"]["stats"]["requests"] + arms["candidate"]["stats"]["requests"]
+
+
+def test_counts_merged_over_two_ingress_replicas_equal_what_was_sent(canary):
+    config = canary.edited(candidate_weight=30)
+    deployment(config, "Ingress")["num_replicas"] = 2
+    canary.deploy(config)
+    wait_until(lambda: canary.rollout()["candidate_weight"] == 30, 60)
+    before = served(canary)
+    assert fire(canary, 200) == [200] * 200
+    # each replica flushes about once a second; the merged total converges to exactly what was sent
+    wait_until(lambda: served(canary) - before == 200, 30, what="merged count == 200")
+
+
+def test_metrics_are_prometheus_text_with_arms_side_by_side(canary):
+    canary.deploy(canary.edited(candidate_weight=50, shadow_percent=20))
+    wait_until(lambda: canary.rollout()["shadow_percent"] == 20, 30)
+    assert set(fire(canary, 120, X_Tenant="acme")) == {200}
+    response = canary.http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    buckets = [s for s in families["canary_request_latency_seconds"].samples if s.name.endswith("_bucket")]
+    assert {"stable", "candidate", "shadow"} <= {s.labels["arm"] for s in buckets}
+    ok = [
+        s
+        for s in families["canary_requests"].samples
+        if s.labels.get("outcome") == "ok" and s.labels["segment"] == "tenant" and s.labels["value"] == "acme"
+    ]
+    assert {s.labels["arm"] for s in ok} >= {"stable", "candidate"}
+    assert families["canary_shadow_percent"].samples[0].value == 20
+    assert any(s.labels["result"] == "mirrored" and s.value > 0 for s in families["canary_shadow"].samples)
+    # no GPU here: the GPU gauges are absent, not zero
+    assert not families["canary_gpu_memory_used_bytes"].samples
+
+
+def test_candidate_oom_is_counted_answered_by_stable_and_the_replica_survives(canary):
+    config = canary.edited(candidate_weight=100)
+    deployment(config, "candidate")["user_config"]["faults"] = {"oom_rate": 1.0}
+    deployment(config, "candidate")["user_config"]["max_consecutive_ooms"] = 1000
+    pid = canary.replica_info("candidate")["pid"]
+    before = canary.rollout()["oom_events"].get("candidate", 0)
+    canary.deploy(config)
+    wait_until(lambda: canary.replica_info("candidate")["faults_active"], 30)
+    wait_until(lambda: canary.rollout()["candidate_weight"] == 100, 30)
+    assert fire(canary, 40) == [200] * 40
+    wait_until(
+        lambda: canary.rollout()["oom_events"].get("candidate", 0) - before >= 1, 30, what="OOM counted"
+    )
+    assert canary.replica_info("candidate")["pid"] == pid
+    text = canary.http.get("/metrics").text
+    oom = [
+        s
+        for f in text_string_to_metric_families(text)
+        if f.name == "canary_gpu_oom_events"
+        for s in f.samples
+        if s.name.endswith("_total")
+    ]
+    assert {s.labels["arm"]: s.value for s in oom}["candidate"] >= 1
+
+
+def test_a_killed_model_replica_is_counted_as_a_restart(canary):
+    pid = canary.replica_info("candidate")["pid"]
+    before = canary.rollout()["restarts"].get("candidate", 0)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: canary.replica_info("candidate")["pid"] != pid, 120, what="a new candidate replica")
+    wait_until(
+        lambda: canary.rollout()["restarts"].get("candidate", 0) == before + 1, 60, what="restart counted"
+    )
+    assert canary.predict("k").status_code == 200

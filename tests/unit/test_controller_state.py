@@ -1,0 +1,114 @@
+"""The controller's bookkeeping without Ray or a clock: merging, OOM accumulation, restarts, /metrics."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from rollout.metrics import render
+from rollout.state import STALE_AFTER_S, TelemetryState
+from serving.telemetry import Window
+
+STATUSES = ["ok", "error", "timeout", "overloaded", "contract"]
+requests = st.lists(
+    st.tuples(
+        st.integers(0, 3),
+        st.sampled_from(["stable", "candidate", "shadow"]),
+        st.sampled_from(STATUSES),
+        st.sampled_from(["a", "b", "other"]),
+        st.floats(1e-5, 30, allow_nan=False),
+    ),
+    max_size=200,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(requests)
+def test_merged_counts_equal_the_sum_of_the_replicas(reqs):
+    replicas = [Window() for _ in range(4)]
+    whole = Window()
+    for replica, arm, status, tenant, latency in reqs:
+        for w in (replicas[replica], whole):
+            w.arm(arm).record(status, latency)
+            w.arm(arm, ("tenant", tenant)).record(status, latency)
+    state = TelemetryState()
+    for i, w in enumerate(replicas):
+        state.ingest(f"ingress-{i}", Window.from_dict(w.to_dict()), 0, now=1.0)
+    assert set(state.total.arms) == set(whole.arms)
+    for key, stats in whole.arms.items():
+        merged = state.total.arms[key]
+        assert merged.requests == stats.requests and merged.errors == stats.errors
+        assert merged.latency.bins == stats.latency.bins
+
+
+def test_oom_events_accumulate_across_reports_and_replicas():
+    state = TelemetryState()
+    state.report_replica("candidate", "r1", {"oom_events": 2}, now=0)
+    state.report_replica("candidate", "r1", {"oom_events": 5}, now=1)
+    state.report_replica("candidate", "r2", {"oom_events": 1}, now=1)
+    assert state.oom_events == {"candidate": 6}
+
+
+def test_a_replaced_replica_counts_as_one_restart_and_a_quiet_one_does_not_double_count():
+    state = TelemetryState()
+    state.report_replica("candidate", "old", {}, now=0)
+    state.report_replica("stable", "s1", {}, now=0)
+    state.report_replica("candidate", "new", {}, now=3)  # Serve started a replacement
+    state.report_replica("stable", "s1", {}, now=3)
+    state.report_replica("stable", "s1", {}, now=3 + STALE_AFTER_S)
+    state.report_replica("candidate", "new", {}, now=3 + STALE_AFTER_S)
+    assert state.restarts == {"candidate": 1}
+    # a replica that goes quiet first and is replaced later also counts once
+    state.report_replica("stable", "s1", {}, now=20)
+    state.expire(now=40)
+    state.report_replica("stable", "s2", {}, now=45)
+    assert state.restarts == {"candidate": 1, "stable": 1}
+
+
+def test_metrics_text_parses_and_has_arms_histogram_and_counters():
+    state = TelemetryState()
+    w = Window()
+    for i in range(50):
+        w.arm("stable").record("ok", 0.01 + i / 1000)
+        w.arm("candidate", ("tenant", "acme")).record("error", 0.02)
+    w.shadow_in().mirrored = 3
+    state.ingest("i1", w, 0, now=0)
+    state.report_replica(
+        "candidate",
+        "r1",
+        {
+            "oom_events": 2,
+            "gpus": [
+                {
+                    "index": 0,
+                    "name": "X",
+                    "memory_used_bytes": 5,
+                    "memory_total_bytes": 10,
+                    "utilization_ratio": 0.5,
+                    "process_memory_bytes": 3,
+                }
+            ],
+        },
+        now=0,
+    )
+    text = render(
+        "canary",
+        state.total,
+        {"candidate_weight": 5, "shadow_percent": 10, "stage": "manual", "mode": "manual"},
+        state.replica_reports(),
+        state.per_arm(),
+    ).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["canary_request_latency_seconds"].type == "histogram"
+    buckets = [s for s in families["canary_request_latency_seconds"].samples if s.name.endswith("_bucket")]
+    assert {s.labels["arm"] for s in buckets} == {"stable"}
+    assert buckets[-1].value == 50  # +Inf holds every observation
+    oom = [s for s in families["canary_gpu_oom_events"].samples if s.name.endswith("_total")]
+    assert {s.labels["arm"]: s.value for s in oom} == {"stable": 0, "candidate": 2}
+    assert families["canary_candidate_weight_percent"].samples[0].value == 5
+    assert families["canary_gpu_process_memory_bytes"].samples[0].value == 3
+    errors = [
+        s
+        for s in families["canary_requests"].samples
+        if s.labels.get("outcome") == "error" and s.labels["arm"] == "candidate"
+    ]
+    assert errors and errors[0].value == 50 and errors[0].labels["value"] == "acme"
