@@ -197,6 +197,9 @@ class ModelServer:
             "device": str(self._device),
             "oom_events": self._oom_events,
             "gpus": [g.to_dict() for g in self._gpu.sample()] if self._gpu.available else None,
+            "torch_reserved_bytes": (
+                int(torch.cuda.memory_reserved(self._device)) if self._device.type == "cuda" else None
+            ),
             "batching": self._config.batching.model_dump(),
         }
 
