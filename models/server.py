@@ -164,6 +164,24 @@ class ModelServer:
         output = {**answer, "model_version": self._metadata.version}
         return faults.break_output(output, headers) if inject else output
 
+    async def predict_many(
+        self, inputs: list[dict[str, Any]], headers: list[Mapping[str, str]]
+    ) -> list[dict[str, Any]]:
+        """Answers several requests sent in one call (the Ingress coalesces shadow traffic this way).
+
+        Each goes through the same batching and fault path as `predict`; a failed one comes back as
+        ``{"__error__": "overloaded" | "error"}`` instead of failing the others.
+        """
+        results = await asyncio.gather(
+            *(self.predict(i, h) for i, h in zip(inputs, headers, strict=True)), return_exceptions=True
+        )
+        return [
+            r
+            if not isinstance(r, BaseException)
+            else {"__error__": "overloaded" if isinstance(r, ModelOverloadedError) else "error"}
+            for r in results
+        ]
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batched(self, items: list[tuple[dict[str, Any], bool]]) -> list[Any]:
         try:

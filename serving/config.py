@@ -76,6 +76,12 @@ class RolloutSection(_Strict):
         le=300,
         description="time-out of a mirrored call in seconds (default: timeouts_s.candidate)",
     )
+    shadow_batch_size: int = Field(
+        16, ge=1, le=1024, description="mirrored requests sent to the candidate together in one handle call"
+    )
+    shadow_batch_wait_s: float = Field(
+        0.01, ge=0, le=1, description="longest a mirrored request waits for others to share its call, seconds"
+    )
 
     @field_validator("candidate_weight")
     @classmethod
@@ -122,6 +128,9 @@ class ModelServerConfig(_Strict):
         ge=1,
         le=1000,
         description="consecutive OOM batches after which the replica reports itself unhealthy",
+    )
+    report_interval_s: float = Field(
+        1.0, ge=0.1, le=60, description="seconds between GPU samples and reports to the rollout controller"
     )
 
 

@@ -115,7 +115,7 @@ class Ingress:
         self._config_error: str | None = None
         self._rng = random.Random()
         self._window = Window(start=time.time())  # counts since the last flush to the controller
-        self._shadow = ShadowMirror(self._window, self._record, self._rng)
+        self._shadow = ShadowMirror(self._window, self._call_candidate_batch, self._record, self._rng)
         context = serve.get_replica_context()
         self._app = context.app_name
         self._replica_id = context.replica_id.unique_id
@@ -152,6 +152,8 @@ class Ingress:
             self._segments = SegmentExtractor(config.segments)
         self._shadow.percent = config.rollout.shadow_percent
         self._shadow.max_in_flight = config.rollout.shadow_max_in_flight
+        self._shadow.batch_size = config.rollout.shadow_batch_size
+        self._shadow.batch_wait_s = config.rollout.shadow_batch_wait_s
         if config.rollout.candidate_weight != self._table.candidate_weight:
             self._table = RoutingTable(config.rollout.candidate_weight, self._table.version + 1)
             logger.info("routing: candidate_weight=%s%%", config.rollout.candidate_weight)
@@ -193,10 +195,7 @@ class Ingress:
         stable_answer: asyncio.Future[Outcome | None] | None = None
         if arm is Arm.STABLE and self._shadow.sampled():
             stable_answer = asyncio.get_running_loop().create_future()
-            timeout = self._config.rollout.shadow_timeout_s
-            self._shadow.mirror(
-                lambda: self._call(Arm.CANDIDATE, inputs, headers, timeout), stable_answer, segments
-            )
+            self._shadow.mirror(inputs, headers, stable_answer, segments)
         outcome: Outcome | None = None
         try:
             outcome = await self._call(arm, inputs, headers)
@@ -232,10 +231,37 @@ class Ingress:
             key = str(value) if value is not None else None
         return key or None
 
-    async def _call(
-        self, arm: Arm, inputs: dict[str, Any], headers: Mapping[str, str], timeout: float | None = None
-    ) -> Outcome:
-        timeout = timeout or getattr(self._config.rollout.timeouts_s, arm.value)
+    async def _call_candidate_batch(
+        self, items: list[tuple[dict[str, Any], dict[str, str]]]
+    ) -> list[Outcome]:
+        """Mirrored requests to the candidate in one handle call; one outcome per item, in order."""
+        rollout = self._config.rollout
+        timeout = rollout.shadow_timeout_s or rollout.timeouts_s.candidate
+        started = time.perf_counter()
+        response = self._handles[Arm.CANDIDATE].predict_many.remote(
+            [i for i, _ in items], [h for _, h in items]
+        )
+        try:
+            answers = await asyncio.wait_for(response, timeout)
+        except TimeoutError:
+            response.cancel()
+            return [Outcome(Arm.CANDIDATE, "timeout", latency_s=time.perf_counter() - started)] * len(items)
+        latency = time.perf_counter() - started
+        return [
+            Outcome(Arm.CANDIDATE, answer["__error__"], latency_s=latency)
+            if isinstance(answer, dict) and "__error__" in answer
+            else self._checked(Arm.CANDIDATE, answer, latency)
+            for answer in answers
+        ]
+
+    def _checked(self, arm: Arm, output: Any, latency: float) -> Outcome:
+        problems = self._contract.violations(output)
+        if problems:
+            return Outcome(arm, "contract", output if isinstance(output, dict) else None, problems, latency)
+        return Outcome(arm, "ok", output, latency_s=latency)
+
+    async def _call(self, arm: Arm, inputs: dict[str, Any], headers: Mapping[str, str]) -> Outcome:
+        timeout = getattr(self._config.rollout.timeouts_s, arm.value)
         started = time.perf_counter()
         response = self._handles[arm].predict.remote(inputs, dict(headers))
         try:
@@ -250,11 +276,7 @@ class Ingress:
             return Outcome(
                 arm, "error", problems=[type(exc).__name__], latency_s=time.perf_counter() - started
             )
-        latency = time.perf_counter() - started
-        problems = self._contract.violations(output)
-        if problems:
-            return Outcome(arm, "contract", output, problems, latency)
-        return Outcome(arm, "ok", output, latency_s=latency)
+        return self._checked(arm, output, time.perf_counter() - started)
 
     def _failure(self, outcome: Outcome) -> HTTPProblem:
         status, error, template = _FAILURE_ANSWERS[outcome.status]

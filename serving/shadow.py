@@ -1,10 +1,13 @@
 """The shadow mirror: sends a sample of stable's requests to the candidate as well, compares the two
 answers, and never touches the answer the client gets.
 
-Each mirrored call is fire-and-forget with a strong reference (a task held in a set until it ends), bounded
-by an in-flight cap (beyond it a mirror is dropped and counted, never queued), cut by a time-out that cancels
-the downstream call, and wrapped in a catch-all: nothing a shadow does can reach the client or the log line
-per request.
+Mirrored requests are latency-insensitive, so they are coalesced: up to ``batch_size`` of them (or whatever
+arrived within ``batch_wait_s``) travel to the candidate in one handle call, which spares the Ingress and Ray
+one round trip per request; the candidate replica still answers each one through its own batching and fault
+path. Each call is fire-and-forget with a strong reference (a task held in a set until it ends), bounded by
+an in-flight cap counted in requests (beyond it a mirror is dropped and counted, never queued), cut by a
+time-out that cancels the downstream call, and wrapped in a catch-all: nothing a shadow does reaches the
+client or writes a log line per request.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from serving.segments import ALL, Segment
@@ -27,77 +31,122 @@ class CallOutcome(Protocol):
     latency_s: float
 
 
+@dataclass
+class _Mirrored:
+    inputs: dict[str, Any]
+    headers: dict[str, str]
+    stable_answer: asyncio.Future[Any]
+    segments: list[Segment]
+
+
+SendBatch = Callable[[list[tuple[dict[str, Any], dict[str, str]]]], Awaitable[list[CallOutcome]]]
+RecordAnswer = Callable[[str, CallOutcome, list[Segment]], None]
+
+_RESULT_COUNTER = {"ok": "completed", "contract": "completed", "timeout": "timed_out"}
+
+
 class ShadowMirror:
     """Mirrors requests to the candidate and records the comparisons into a `Window`.
 
     Args:
-        window: where counts and comparisons go (shared with the primary path's telemetry).
+        window: where counts and comparisons go (shared with the primary path; replaced at each flush).
+        send_batch: sends ``[(inputs, headers), ...]`` to the candidate; one outcome per item, in order.
         record_answer: records the candidate's own answer under the ``shadow`` arm for each segment.
         rng: decides which requests are sampled.
     """
 
     def __init__(
-        self,
-        window: Window,
-        record_answer: Callable[[str, CallOutcome, list[Segment]], None],
-        rng: random.Random,
+        self, window: Window, send_batch: SendBatch, record_answer: RecordAnswer, rng: random.Random
     ) -> None:
         self.window = window
         self.percent = 0.0
         self.max_in_flight = 64
+        self.batch_size = 16
+        self.batch_wait_s = 0.01
+        self._send_batch = send_batch
         self._record_answer = record_answer
         self._rng = rng
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: list[_Mirrored] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: dict[asyncio.Task[None], int] = {}  # running batch -> its size
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        """Mirrored requests waiting to be sent or on their way (the cap counts these)."""
+        return len(self._pending) + sum(self._tasks.values())
 
     def sampled(self) -> bool:
         return self.percent > 0 and (self.percent >= 100 or self._rng.random() * 100 < self.percent)
 
     def mirror(
         self,
-        call_candidate: Callable[[], Awaitable[CallOutcome]],
-        stable_answer: asyncio.Future[CallOutcome | None],
+        inputs: dict[str, Any],
+        headers: dict[str, str],
+        stable_answer: asyncio.Future[Any],
         segments: list[Segment],
     ) -> None:
-        """Starts one mirrored call, or drops it (counted) when ``max_in_flight`` calls are running."""
+        """Queues one request for the candidate, or drops it (counted) at ``max_in_flight`` in flight."""
         cells = self._cells(segments)
         for cell in cells:
             cell.mirrored += 1
-        if len(self._tasks) >= self.max_in_flight:
+        if self.in_flight >= self.max_in_flight:
             for cell in cells:
                 cell.dropped += 1
             return
-        task = asyncio.create_task(self._run(call_candidate, stable_answer, segments))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._pending.append(_Mirrored(inputs, headers, stable_answer, segments))
+        if len(self._pending) >= self.batch_size:
+            self._send_pending()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.batch_wait_s, self._send_pending)
+
+    def _send_pending(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks[task] = len(batch)
+            task.add_done_callback(self._tasks.pop)
 
     def _cells(self, segments: list[Segment]) -> list[ShadowStats]:
-        # Looked up when counted, not when launched: the window may have been flushed and replaced meanwhile.
+        # Looked up when counted, not when queued: the window may have been flushed and replaced meanwhile.
         return [self.window.shadow_in(ALL)] + [self.window.shadow_in(s) for s in segments]
 
-    async def _run(self, call_candidate, stable_answer, segments) -> None:  # type: ignore[no-untyped-def]
-        outcome = None
+    async def _run(self, batch: list[_Mirrored]) -> None:
         try:
-            outcome = await call_candidate()
-            stable = await stable_answer
-        except Exception:  # a shadow never fails loudly: count it and move on
-            logger.debug("shadow call failed", exc_info=True)
-            outcome_status = "failed"
-        else:
-            outcome_status = {"ok": "completed", "contract": "completed", "timeout": "timed_out"}.get(
-                outcome.status, "failed"
+            outcomes: list[CallOutcome | None] = list(
+                await self._send_batch([(m.inputs, m.headers) for m in batch])
             )
-            self._record_answer("shadow", outcome, segments)
-            if outcome.status == "ok" and stable is not None and stable.status == "ok":
-                for cell in self._cells(segments):
+            if len(outcomes) != len(batch):
+                raise ValueError(f"{len(outcomes)} answers for {len(batch)} mirrored requests")
+        except Exception:  # a shadow never fails loudly: count it and move on
+            logger.debug("shadow batch failed", exc_info=True)
+            outcomes = [None] * len(batch)
+        for mirrored, outcome in zip(batch, outcomes, strict=True):
+            try:
+                stable = await mirrored.stable_answer
+            except Exception:
+                stable = None
+            if outcome is None:
+                result = "failed"
+            else:
+                result = _RESULT_COUNTER.get(outcome.status, "failed")
+                self._record_answer("shadow", outcome, mirrored.segments)
+            cells = self._cells(mirrored.segments)
+            if (
+                outcome is not None
+                and outcome.status == "ok"
+                and stable is not None
+                and stable.status == "ok"
+            ):
+                for cell in cells:
                     cell.compare(stable.output or {}, outcome.output or {})
-        for cell in self._cells(segments):
-            setattr(cell, outcome_status, getattr(cell, outcome_status) + 1)
+            for cell in cells:
+                setattr(cell, result, getattr(cell, result) + 1)
 
     async def drain(self, timeout_s: float) -> None:
-        """Waits for running mirrors (at shutdown), at most ``timeout_s``."""
+        """Sends what is queued and waits for running mirrors (at shutdown), at most ``timeout_s``."""
+        self._send_pending()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout_s)

@@ -1,4 +1,4 @@
-"""The shadow mirror in isolation: fire-and-forget, capped, counted, never raising."""
+"""The shadow mirror in isolation: coalesced, fire-and-forget, capped, counted, never raising."""
 
 import asyncio
 import random
@@ -19,14 +19,45 @@ class FakeOutcome:
 STABLE = FakeOutcome("ok", {"prediction": "legit", "confidence": 0.9, "model_version": "v1"})
 
 
-def make_mirror(cap=64):
+class FakeCandidate:
+    """Answers each mirrored item by its `kind` field; records how many calls it received."""
+
+    def __init__(self, release: asyncio.Event | None = None, raise_on_call: bool = False) -> None:
+        self.calls: list[int] = []
+        self.release = release
+        self.raise_on_call = raise_on_call
+
+    async def send(self, items):
+        self.calls.append(len(items))
+        if self.release is not None:
+            await self.release.wait()
+        if self.raise_on_call:
+            raise RuntimeError("candidate unreachable")
+        return [_answer(inputs["kind"]) for inputs, _ in items]
+
+
+def _answer(kind):
+    return {
+        "agree": FakeOutcome("ok", {"prediction": "legit", "confidence": 0.8}),
+        "disagree": FakeOutcome("ok", {"prediction": "fraud", "confidence": 0.6}),
+        "contract": FakeOutcome("contract", {"prediction": "legit"}),
+        "timeout": FakeOutcome("timeout"),
+        "error": FakeOutcome("error"),
+    }[kind]
+
+
+def make_mirror(candidate, cap=64, batch_size=16, wait_s=0.001):
     window = Window()
     answers = []
     mirror = ShadowMirror(
-        window, lambda arm, outcome, segs: answers.append((arm, outcome.status)), random.Random(1)
+        window, candidate.send, lambda arm, o, segs: answers.append((arm, o.status)), random.Random(1)
     )
-    mirror.percent = 100
-    mirror.max_in_flight = cap
+    mirror.percent, mirror.max_in_flight, mirror.batch_size, mirror.batch_wait_s = (
+        100,
+        cap,
+        batch_size,
+        wait_s,
+    )
     return mirror, window, answers
 
 
@@ -38,43 +69,47 @@ def resolved(outcome=STABLE):
 
 def test_counters_add_up_over_every_kind_of_outcome():
     async def scenario():
-        mirror, window, answers = make_mirror()
-
-        async def answer(status, output=None, raise_=False):
-            await asyncio.sleep(0)
-            if raise_:
-                raise RuntimeError("boom")
-            return FakeOutcome(status, output)
-
+        candidate = FakeCandidate()
+        mirror, window, answers = make_mirror(candidate)
         segs = [("tenant", "acme")]
-        mirror.mirror(lambda: answer("ok", {"prediction": "fraud", "confidence": 0.6}), resolved(), segs)
-        mirror.mirror(lambda: answer("ok", {"prediction": "legit", "confidence": 0.8}), resolved(), segs)
-        mirror.mirror(lambda: answer("contract", {"prediction": "legit"}), resolved(), segs)
-        mirror.mirror(lambda: answer("timeout"), resolved(), segs)
-        mirror.mirror(lambda: answer("error"), resolved(), segs)
-        mirror.mirror(lambda: answer("ok", raise_=True), resolved(), segs)
+        for kind in ("disagree", "agree", "contract", "timeout", "error"):
+            mirror.mirror({"kind": kind}, {}, resolved(), segs)
         await mirror.drain(5)
-        return window, answers
+        failing, w2, _ = make_mirror(FakeCandidate(raise_on_call=True))
+        failing.mirror({"kind": "agree"}, {}, resolved(), segs)
+        await failing.drain(5)
+        window.merge(w2)
+        return window, answers, candidate.calls
 
-    window, answers = asyncio.run(scenario())
+    window, answers, calls = asyncio.run(scenario())
+    assert calls == [5]  # coalesced into one call
     for segment in (ALL, ("tenant", "acme")):
         s = window.shadow_in(segment)
         assert s.mirrored == 6 == s.completed + s.dropped + s.timed_out + s.failed
         assert (s.completed, s.timed_out, s.failed, s.compared, s.agreed) == (3, 1, 2, 2, 1)
-    assert len(answers) == 5  # the raised one never produced an answer to record
+    assert len(answers) == 5  # the unreachable call produced no answer to record
+
+
+def test_batches_are_sent_at_batch_size_or_after_the_wait():
+    async def scenario():
+        candidate = FakeCandidate()
+        mirror, _, _ = make_mirror(candidate, batch_size=4, wait_s=0.01)
+        for _ in range(10):
+            mirror.mirror({"kind": "agree"}, {}, resolved(), [])
+        await asyncio.sleep(0.05)
+        await mirror.drain(5)
+        return candidate.calls
+
+    assert asyncio.run(scenario()) == [4, 4, 2]
 
 
 def test_in_flight_cap_drops_and_counts_instead_of_queueing():
     async def scenario():
-        mirror, window, _ = make_mirror(cap=3)
         release = asyncio.Event()
-
-        async def slow():
-            await release.wait()
-            return FakeOutcome("ok", {"prediction": "legit", "confidence": 0.9})
-
+        mirror, window, _ = make_mirror(FakeCandidate(release), cap=3, batch_size=1)
         for _ in range(10):
-            mirror.mirror(slow, resolved(), [])
+            mirror.mirror({"kind": "agree"}, {}, resolved(), [])
+        await asyncio.sleep(0)
         peak = mirror.in_flight
         release.set()
         await mirror.drain(5)
@@ -87,13 +122,9 @@ def test_in_flight_cap_drops_and_counts_instead_of_queueing():
 
 def test_a_mirror_returns_at_once_and_leaves_the_call_running():
     async def scenario():
-        mirror, window, _ = make_mirror()
         never = asyncio.Event()
-
-        async def hangs():
-            await never.wait()
-
-        result = mirror.mirror(hangs, resolved(), [])  # a plain call: nothing for the caller to await
+        mirror, window, _ = make_mirror(FakeCandidate(never), batch_size=1)
+        result = mirror.mirror({"kind": "agree"}, {}, resolved(), [])  # a plain call: nothing to await
         await asyncio.sleep(0)
         return result, mirror.in_flight, window.shadow_in(ALL).completed
 
@@ -102,7 +133,7 @@ def test_a_mirror_returns_at_once_and_leaves_the_call_running():
 
 
 def test_sampling_follows_the_percent():
-    mirror, _, _ = make_mirror()
+    mirror, _, _ = make_mirror(FakeCandidate())
     mirror.percent = 10
     share = sum(mirror.sampled() for _ in range(20_000)) / 20_000
     assert 0.09 < share < 0.11
