@@ -65,10 +65,10 @@ class RolloutSection(_Strict):
         0.0, ge=0, le=100, description="percent of stable's requests mirrored to the candidate (0–100)"
     )
     shadow_max_in_flight: int = Field(
-        64,
+        256,
         ge=1,
-        le=10_000,
-        description="mirrored calls in flight per Ingress replica; beyond it they are dropped",
+        le=100_000,
+        description="mirrored requests queued or in flight per Ingress replica; beyond it they are dropped",
     )
     shadow_timeout_s: float | None = Field(
         None,
@@ -77,10 +77,10 @@ class RolloutSection(_Strict):
         description="time-out of a mirrored call in seconds (default: timeouts_s.candidate)",
     )
     shadow_batch_size: int = Field(
-        16, ge=1, le=1024, description="mirrored requests sent to the candidate together in one handle call"
+        32, ge=1, le=1024, description="mirrored requests sent to the candidate together in one handle call"
     )
     shadow_batch_wait_s: float = Field(
-        0.01, ge=0, le=1, description="longest a mirrored request waits for others to share its call, seconds"
+        0.1, ge=0, le=5, description="longest a mirrored request waits for others to share its call, seconds"
     )
 
     @field_validator("candidate_weight")

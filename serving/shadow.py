@@ -60,9 +60,9 @@ class ShadowMirror:
     ) -> None:
         self.window = window
         self.percent = 0.0
-        self.max_in_flight = 64
-        self.batch_size = 16
-        self.batch_wait_s = 0.01
+        self.max_in_flight = 256
+        self.batch_size = 32
+        self.batch_wait_s = 0.1
         self._send_batch = send_batch
         self._record_answer = record_answer
         self._rng = rng
