@@ -8,7 +8,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_collection_modifyitems(items):
+    tests = ROOT / "tests"
     for item in items:
-        layer = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
+        path = Path(str(item.fspath))
+        if not path.is_relative_to(tests):
+            continue  # doctests of the packages: unit-level
+        layer = path.relative_to(tests).parts[0]
         if layer in ("integration", "e2e"):
             item.add_marker(getattr(pytest.mark, layer))
