@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from rollout.metrics import render
+from rollout.metrics import SnapshotCollector
 from rollout.state import TelemetryState
 from serving.telemetry import Window
 
@@ -42,7 +42,7 @@ class RolloutController:
     def metrics(self, rollout: dict[str, Any]) -> bytes:
         self._state.expire(time.time())
         s = self._state
-        return render(self._app, s.total, rollout, s.replica_reports(), s.per_arm())
+        return SnapshotCollector(self._app, s.total, rollout, s.replica_reports(), s.per_arm()).render()
 
 
 def get_or_create_controller(app: str) -> Any:

@@ -53,6 +53,12 @@ class SnapshotCollector(Collector):
         self.per_arm = per_arm  # {"oom_events": {arm: n}, "restarts": {arm: n}}, cumulative
         self.verdicts = verdicts or []
 
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this state (a fresh registry per call)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry)
+
     def collect(self) -> Iterator[Metric]:
         app, w = self.app, self.window
         seg = ["app", "arm", "segment", "value"]
@@ -193,17 +199,3 @@ def _gauge(name: str, doc: str, app: str, value: Any) -> GaugeMetricFamily:
     if value is not None:
         g.add_metric([app], float(value))
     return g
-
-
-def render(
-    app: str,
-    window: Window,
-    rollout: dict[str, Any],
-    replicas: list[dict[str, Any]],
-    per_arm: dict[str, dict[str, int]],
-    verdicts: list[dict[str, Any]] | None = None,
-) -> bytes:
-    """The Prometheus text exposition of the given state (a fresh registry per call)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(app, window, rollout, replicas, per_arm, verdicts))
-    return generate_latest(registry)

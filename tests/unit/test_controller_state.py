@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from rollout.metrics import render
+from rollout.metrics import SnapshotCollector
 from rollout.state import STALE_AFTER_S, TelemetryState
 from serving.telemetry import Window
 
@@ -90,13 +90,17 @@ def test_metrics_text_parses_and_has_arms_histogram_and_counters():
         },
         now=0,
     )
-    text = render(
-        "canary",
-        state.total,
-        {"candidate_weight": 5, "shadow_percent": 10, "stage": "manual", "mode": "manual"},
-        state.replica_reports(),
-        state.per_arm(),
-    ).decode()
+    text = (
+        SnapshotCollector(
+            "canary",
+            state.total,
+            {"candidate_weight": 5, "shadow_percent": 10, "stage": "manual", "mode": "manual"},
+            state.replica_reports(),
+            state.per_arm(),
+        )
+        .render()
+        .decode()
+    )
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["canary_request_latency_seconds"].type == "histogram"
     buckets = [s for s in families["canary_request_latency_seconds"].samples if s.name.endswith("_bucket")]
