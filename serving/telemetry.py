@@ -22,14 +22,21 @@ DIFF_BINS = 100  # |Δ confidence| in [0, 1] at 0.01 resolution
 
 @dataclass
 class FieldStat:
-    """Sum and count of an extracted field: a mean for numbers, a rate for booleans."""
+    """Sum, sum of squares and count of a number: a mean for numbers, a rate for booleans (0/1)."""
 
     total: float = 0.0
     count: int = 0
+    total_sq: float = 0.0  # sum of squares, for the variance the judge's confidence sequences need
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.total_sq += value * value
+        self.count += 1
 
     def merge(self, other: FieldStat) -> None:
         self.total += other.total
         self.count += other.count
+        self.total_sq += other.total_sq
 
     @property
     def mean(self) -> float | None:
@@ -49,6 +56,10 @@ class ArmStats:
     fallbacks: int = 0  # requests this (candidate) arm failed and stable answered instead
     latency: LatencySketch = field(default_factory=LatencySketch)
     fields: dict[str, FieldStat] = field(default_factory=dict)
+    feedback: dict[str, FieldStat] = field(default_factory=dict)  # POST /feedback values by metric
+
+    def record_feedback(self, metric: str, value: float) -> None:
+        self.feedback.setdefault(metric, FieldStat()).add(value)
 
     def record(self, status: str, latency_s: float, values: dict[str, float] | None = None) -> None:
         self.requests += 1
@@ -65,9 +76,7 @@ class ArmStats:
         if status != "timeout":  # a time-out's latency is the time-out, not the model's
             self.latency.add(latency_s)
         for name, value in (values or {}).items():
-            stat = self.fields.setdefault(name, FieldStat())
-            stat.total += value
-            stat.count += 1
+            self.fields.setdefault(name, FieldStat()).add(value)
 
     def merge(self, other: ArmStats) -> None:
         for name in _ARM_COUNTERS:
@@ -75,6 +84,8 @@ class ArmStats:
         self.latency.merge(other.latency)
         for key, stat in other.fields.items():
             self.fields.setdefault(key, FieldStat()).merge(stat)
+        for key, stat in other.feedback.items():
+            self.feedback.setdefault(key, FieldStat()).merge(stat)
 
     def summary(self) -> dict[str, Any]:
         def ms(q: float) -> float | None:
@@ -95,6 +106,7 @@ class ArmStats:
             "contract_pass_rate": 1 - self.contract_failures / n if n else None,
             "latency_ms": {"p50": ms(0.5), "p95": ms(0.95), "p99": ms(0.99)},
             "fields": {k: s.mean for k, s in sorted(self.fields.items())},
+            "feedback": {k: {"mean": s.mean, "count": s.count} for k, s in sorted(self.feedback.items())},
         }
 
 
@@ -234,7 +246,8 @@ class Window:
                     "segment": list(segment),
                     **{k: getattr(st, k) for k in _ARM_COUNTERS},
                     "latency": st.latency.to_dict(),
-                    "fields": {k: [f.total, f.count] for k, f in st.fields.items()},
+                    "fields": {k: [f.total, f.count, f.total_sq] for k, f in st.fields.items()},
+                    "feedback": {k: [f.total, f.count, f.total_sq] for k, f in st.feedback.items()},
                 }
                 for (arm, segment), st in self.arms.items()
             ],
@@ -252,13 +265,18 @@ class Window:
             for k in _ARM_COUNTERS:
                 setattr(st, k, int(row[k]))
             st.latency = LatencySketch.from_dict(row["latency"])
-            st.fields = {k: FieldStat(float(t), int(c)) for k, (t, c) in row["fields"].items()}
+            st.fields = {k: _field_stat(v) for k, v in row["fields"].items()}
+            st.feedback = {k: _field_stat(v) for k, v in row.get("feedback", {}).items()}
         for row in data["shadow"]:
             sh = window.shadow_in((row["segment"][0], row["segment"][1]))
             for k in _SHADOW_FIELDS:
                 value = row[k]
                 setattr(sh, k, list(value) if isinstance(value, list) else value)
         return window
+
+
+def _field_stat(row: list[float]) -> FieldStat:
+    return FieldStat(float(row[0]), int(row[1]), float(row[2]) if len(row) > 2 else 0.0)
 
 
 _ARM_COUNTERS = ("requests", "ok", "errors", "timeouts", "overloaded", "contract_failures", "fallbacks")
