@@ -1,4 +1,6 @@
-"""The ``canary`` command: ``up``, ``down``, ``deploy``, ``validate``, ``demo``, ``traffic``."""
+"""The ``canary`` command: ``up``, ``down``, ``deploy``, ``validate``, ``demo``, ``traffic``, and the
+operators' commands in `rollout.operate` (``status``, ``pause``, ``resume``, ``promote``, ``rollback``,
+``set-weight``, ``acknowledge``, ``report``, ``finalize``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import sys
 
 from rollout.cluster import SERVE_URL, ClusterError, LocalHead, serve_deploy, serve_status_message, wait_for
 from rollout.configfile import check_config, load_config
+from rollout.operate import OperatorError, add_commands
 from serving.errors import InvalidConfigError
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -59,14 +62,7 @@ def cmd_down(_: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from rollout.demo import run_demo
 
-    return run_demo(
-        args.config,
-        phase_s=args.phase_seconds,
-        requests=args.requests,
-        concurrency=args.concurrency,
-        second_weight=args.then_weight,
-        keep=args.keep,
-    )
+    return run_demo(args.config, stage_timeout_s=args.timeout, concurrency=args.concurrency, keep=args.keep)
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
@@ -110,12 +106,12 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("down", help="stop the Ray head `canary up` started (and nothing else)")
     s.set_defaults(func=cmd_down)
 
-    s = sub.add_parser("demo", help="the main job: bring up the demo, drive traffic, change the weight")
-    s.add_argument("--config", default=DEFAULT_CONFIG)
-    s.add_argument("--phase-seconds", type=float, default=20.0)
-    s.add_argument("--requests", type=int, default=20_000)
+    s = sub.add_parser(
+        "demo", help="the main job: an automatic rollout that promotes, then a bad one that is rolled back"
+    )
+    s.add_argument("--config", default="configs/demo-rollout.yaml")
+    s.add_argument("--timeout", type=float, default=900.0, help="seconds each rollout may take at most")
     s.add_argument("--concurrency", type=int, default=8)
-    s.add_argument("--then-weight", type=float, default=50.0)
     s.add_argument("--keep", action="store_true", help="leave the Ray head running afterwards")
     s.set_defaults(func=cmd_demo)
 
@@ -125,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, default=30.0)
     s.add_argument("--concurrency", type=int, default=8)
     s.set_defaults(func=cmd_traffic)
+    add_commands(sub)
     return p
 
 
@@ -135,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ClusterError, ValueError) as exc:
+    except (ClusterError, OperatorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

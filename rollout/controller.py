@@ -1,55 +1,195 @@
-"""The `RolloutController`: one detached Ray actor per application that every Ingress and model replica
-reports to. Today it merges telemetry and serves the numbers (`GET /rollout`, `GET /metrics`); it is the home
-the stage machine, the judge and the store grow in.
+"""The `RolloutController`: one detached, named, async Ray actor per application. A thin shell around
+`RolloutSupervisor`: it runs the judgement loop, asks external checks, sends webhooks, and pushes routing
+tables to every Ingress replica by long poll (a replica waits in `watch` until the table changes, so a
+rollback reaches it in milliseconds). Ray restarts it after a crash; it resumes from its SQLite store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
 
+from rollout.machine import ActionError
 from rollout.metrics import SnapshotCollector
-from rollout.state import TelemetryState
-from serving.telemetry import Window
+from rollout.notify import Notifier, run_check
+from rollout.report import build_report
+from rollout.store import Retention, RolloutStore
+from rollout.supervisor import FeedbackError, RolloutSupervisor
 
 NAMESPACE = "canary"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+logger = logging.getLogger("canary.controller")
 
 
 def controller_name(app: str) -> str:
     return f"canary-controller-{app}"
 
 
+def resolve_store_path(path: str) -> Path:
+    """A relative store path is under the project root (where `make up` runs), never a worker's cwd."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class RolloutController:
-    """Merges the windows every Ingress replica sends about once a second, and model replicas' reports."""
+    """The application's rollout controller (see the module docstring).
 
-    def __init__(self, app: str) -> None:
+    Args:
+        app: the Serve application name.
+        store_path: the SQLite file (state, events, windows, request log, feedback).
+        retention: `Retention` values as a dict.
+    """
+
+    def __init__(self, app: str, store_path: str, retention: dict[str, Any] | None = None) -> None:
         self._app = app
-        self._state = TelemetryState()
+        store = RolloutStore(resolve_store_path(store_path), Retention(**(retention or {})))
+        self._core = RolloutSupervisor(
+            app, store, time.time, lambda hooks: Notifier(hooks) if hooks else None
+        )
+        self._changed = asyncio.Event()
+        self._core.on_table = lambda table: self._table_changed()
+        self._loop: asyncio.Task[None] | None = None
+        self._checking = False
+        self._pruned_at = 0.0
 
-    def ingest(self, replica_id: str, window: dict[str, Any], in_flight: int) -> None:
-        self._state.ingest(replica_id, Window.from_dict(window), in_flight, time.time())
+    def _table_changed(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
-    def report_replica(self, arm: str, replica_id: str, report: dict[str, Any]) -> None:
-        self._state.report_replica(arm, replica_id, report, time.time())
+    def _ensure_loop(self) -> None:
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.get_running_loop().create_task(self._run())
 
-    def snapshot(self) -> dict[str, Any]:
-        self._state.expire(time.time())
-        return {**self._state.summary(), "shadow_in_flight": self._state.shadow_in_flight()}
+    async def _run(self) -> None:
+        """The judgement loop: one step per `judge_interval_s`, external checks off the loop."""
+        while True:
+            config = self._core.config
+            await asyncio.sleep(config.rollout.judge_interval_s if config else 1.0)
+            try:
+                self._core.step()
+                wanted = self._core.wants_check()
+                if wanted is not None and not self._checking:
+                    self._checking = True
+                    asyncio.get_running_loop().create_task(self._ask(*wanted))
+                while self._core.retired:
+                    asyncio.get_running_loop().create_task(_retire(self._core.retired.pop()))
+                if time.time() - self._pruned_at > 60:  # big deletes take ~0.5 s: off the event loop
+                    self._pruned_at = time.time()
+                    await asyncio.to_thread(self._core.store.prune)
+            except Exception:  # one bad step must not stop the controller; it is logged and retried
+                logger.exception("rollout step failed")
 
-    def metrics(self, rollout: dict[str, Any]) -> bytes:
-        self._state.expire(time.time())
-        s = self._state
+    async def _ask(self, stage_index: int, spec: Any) -> None:
+        try:
+            payload = {
+                "app": self._app,
+                "stage_index": stage_index,
+                "rollout": self._core.view()["rollout_key"],
+            }
+            outcome, reason = await run_check(spec, payload)
+            self._core.checked(stage_index, outcome, reason)
+        finally:
+            self._checking = False
+
+    async def ready(self) -> int:
+        """The actor's PID once it is up (tests and the acceptance checks find it this way)."""
+        self._ensure_loop()
+        return os.getpid()
+
+    async def configure(self, section: dict[str, Any], versions: dict[str, str]) -> dict[str, Any]:
+        self._ensure_loop()
+        return self._core.configure(section, versions)
+
+    async def ingest(
+        self,
+        replica_id: str,
+        window: dict[str, Any],
+        in_flight: int,
+        requests: list[Any] | None = None,
+        feedback: list[Any] | None = None,
+        propagation_s: list[float] | None = None,
+    ) -> None:
+        self._ensure_loop()
+        self._core.ingest(replica_id, window, in_flight, requests or (), feedback or (), propagation_s or ())
+
+    async def report_replica(self, arm: str, replica_id: str, report: dict[str, Any]) -> None:
+        self._ensure_loop()
+        self._core.report_replica(arm, replica_id, report)
+
+    async def watch(self, known_version: int, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Long poll: returns the routing table as soon as its version differs from ``known_version``."""
+        self._ensure_loop()
+        table = self._core.table()
+        if table["version"] != known_version:
+            return table
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout_s)
+        return self._core.table()
+
+    async def snapshot(self) -> dict[str, Any]:
+        self._ensure_loop()
+        core = self._core
+        core.telemetry.expire(time.time())
+        return {
+            **core.telemetry.summary(),
+            "shadow_in_flight": core.telemetry.shadow_in_flight(),
+            "rollout": core.view(),
+        }
+
+    async def metrics(self, rollout: dict[str, Any]) -> bytes:
+        self._ensure_loop()
+        s = self._core.telemetry
+        s.expire(time.time())
         return SnapshotCollector(self._app, s.total, rollout, s.replica_reports(), s.per_arm()).render()
 
+    async def feedback(self, request_id: str, metric: str, value: float) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body). An id the Ingress has not flushed yet gets ~2 s to arrive before a 404."""
+        for attempt in range(9):
+            try:
+                return 200, self._core.feedback(request_id, metric, value)
+            except FeedbackError as exc:
+                if exc.status != 404 or attempt == 8:
+                    return exc.status, {"error": "invalid_feedback", "field": exc.field, "detail": str(exc)}
+                await asyncio.sleep(0.25)
+        raise AssertionError("unreachable")
 
-def get_or_create_controller(app: str) -> Any:
-    """The application's controller, created on first use (detached: it outlives any one replica)."""
+    async def act(
+        self, action: str, actor: str, reason: str, weight: float | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body): 200 with the events and the new state, or 409 when the state forbids it."""
+        try:
+            return 200, self._core.act(action, actor, reason, weight)
+        except ActionError as exc:
+            return 409, {"error": "action_refused", "detail": str(exc)}
+
+    async def report(self) -> dict[str, Any]:
+        """The post-rollout report: Markdown, HTML and the PNG plots (bytes)."""
+        report = build_report(self._core.report_input())
+        return {"markdown": report.markdown, "html": report.html, "images": report.images}
+
+
+async def _retire(notifier: Notifier) -> None:
+    await notifier.drain(10)
+    await notifier.aclose()
+
+
+def get_or_create_controller(
+    app: str, store_path: str = ".canary/rollout.db", retention: dict[str, Any] | None = None
+) -> Any:
+    """The application's controller, created on first use (detached: it outlives any one replica). The store
+    path and retention are read when it is created; a running controller keeps its own."""
     return RolloutController.options(  # type: ignore[attr-defined]
         name=controller_name(app),
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-    ).remote(app)
+    ).remote(app, store_path, retention)

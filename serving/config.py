@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.faults import FaultConfig
+from rollout.policy import RolloutPolicy
 from serving.contract import ContractSection
 from serving.errors import ConfigError, InvalidConfigError
 from serving.fields import FieldSpec
@@ -37,17 +38,19 @@ class RoutingKey(_Strict):
     )
 
 
-class RolloutSection(_Strict):
-    """The ``rollout:`` section of the Ingress ``user_config``."""
+class RolloutSection(RolloutPolicy):
+    """The ``rollout:`` section of the Ingress ``user_config``: routing values and the rollout policy."""
 
-    mode: Literal["manual"] = Field(
-        "manual", description="'manual': the config's candidate_weight is the routing weight"
+    mode: Literal["manual", "auto"] = Field(
+        "manual",
+        description="'manual': the config's weights route; 'auto': the controller walks `stages`",
     )
-    candidate_weight: float = Field(
-        0.0,
+    candidate_weight: float | None = Field(
+        None,
         ge=0,
         le=100,
-        description="percent of live traffic (0–100, resolution 0.01) served by the candidate",
+        description="percent of live traffic (0–100, resolution 0.01) served by the candidate; in auto mode "
+        "a changed value is an operator override that pauses the rollout",
     )
     timeouts_s: ArmTimeouts = Field(default_factory=ArmTimeouts, description="per-arm time-outs in seconds")
     fallback: bool = Field(
@@ -61,8 +64,8 @@ class RolloutSection(_Strict):
         description="largest request body accepted, bytes",
     )
     routing_key: RoutingKey = Field(default_factory=RoutingKey, description="where the sticky key is read")
-    shadow_percent: float = Field(
-        0.0, ge=0, le=100, description="percent of stable's requests mirrored to the candidate (0–100)"
+    shadow_percent: float | None = Field(
+        None, ge=0, le=100, description="percent of stable's requests mirrored to the candidate (0–100)"
     )
     shadow_max_in_flight: int = Field(
         256,
@@ -85,10 +88,26 @@ class RolloutSection(_Strict):
 
     @field_validator("candidate_weight")
     @classmethod
-    def _resolution(cls, value: float) -> float:
-        if abs(value * 100 - round(value * 100)) > 1e-6:
+    def _resolution(cls, value: float | None) -> float | None:
+        if value is not None and abs(value * 100 - round(value * 100)) > 1e-6:
             raise ValueError(f"resolution is 0.01 percent, got {value!r}; round it to two decimals")
         return value
+
+    @model_validator(mode="after")
+    def _auto_rules(self) -> RolloutSection:
+        if self.mode == "auto":
+            self.check_auto()
+        return self
+
+    @property
+    def weight(self) -> float:
+        """The configured candidate weight (0 when the config leaves it out)."""
+        return self.candidate_weight or 0.0
+
+    @property
+    def shadow(self) -> float:
+        """The configured shadow percent (0 when the config leaves it out)."""
+        return self.shadow_percent or 0.0
 
 
 class IngressConfig(_Strict):
@@ -107,6 +126,18 @@ class IngressConfig(_Strict):
         if duplicates:
             raise ValueError(f"field names must be unique, {duplicates} repeat")
         return fields
+
+    @model_validator(mode="after")
+    def _policy_names(self) -> IngressConfig:
+        """Gate and segment names refer to `fields:` and `segments:`, so they are checked here."""
+        self.rollout.gate_specs(tuple(f.name for f in self.fields))
+        labels = [*self.segments.labels, *(["size"] if self.segments.size else [])]
+        unknown = sorted(set(self.rollout.judge_segments or ()) - set(labels))
+        if unknown:
+            raise ValueError(
+                f"rollout.judge_segments: {unknown} are not segment labels; expected some of {labels}"
+            )
+        return self
 
 
 class Batching(_Strict):

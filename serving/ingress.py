@@ -3,6 +3,7 @@ output contract (falling back to stable when the candidate fails it) and labels 
 """
 
 import asyncio
+import base64
 import logging
 import random
 import time
@@ -27,6 +28,7 @@ from serving.config import IngressConfig, validate_section
 from serving.errors import InvalidConfigError
 from serving.fields import extract
 from serving.http import HTTPProblem, parse_json, read_body
+from serving.operators import ACTIONS, RequestLog, admin_token, check_bearer, parse_action, parse_feedback
 from serving.routing import Arm, RoutingTable
 from serving.segments import ALL, Segment, SegmentExtractor
 from serving.shadow import ShadowMirror
@@ -35,6 +37,8 @@ from serving.telemetry import Window
 logger = logging.getLogger("ray.serve")
 
 FLUSH_INTERVAL_S = 1.0
+WATCH_TIMEOUT_S = 30.0  # a long poll returns at least this often, so a replica notices a restarted controller
+MAX_PENDING_ROWS = 100_000  # request-log rows kept for the controller while it is unreachable
 
 # Headers a model replica never needs to see (fault injection scopes by the others).
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -119,16 +123,25 @@ class Ingress:
         context = serve.get_replica_context()
         self._app = context.app_name
         self._replica_id = context.replica_id.unique_id
-        self._controller = get_or_create_controller(self._app)
+        self._controller: Any = None  # created at the first reconfigure, which knows the store path
         self._flusher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._flush_failures = 0
+        self._controller_table: dict[str, Any] = {}
+        self._requests = RequestLog()
+        self._pending_requests: list[tuple[str, float, str, list[Segment]]] = []
+        self._pending_feedback: list[tuple[str, str, float, float]] = []
+        self._pending_lags: list[float] = []
+        self._admin_token: str | None = None
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Takes a new ``rollout:`` section; an invalid one on a running replica is refused and logged.
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Takes a new Ingress ``user_config``; an invalid one on a running replica is refused and logged.
 
         Raising here on a running replica would make Serve replace it with replicas that cannot start, so
-        the running routing stays and the refusal shows in ``GET /rollout`` as ``config_error``.
+        the running routing stays and the refusal shows in ``GET /rollout`` as ``config_error``. A valid one
+        goes to the controller, whose routing table this replica then follows (in manual mode the config's
+        weights apply at once, so routing never waits for the controller).
         """
         try:
             config = validate_section(IngressConfig, user_config, source="Ingress user_config")
@@ -150,19 +163,85 @@ class Ingress:
             self._contract = config.contract.build()
         if config.segments != previous.segments:
             self._segments = SegmentExtractor(config.segments)
-        self._shadow.percent = config.rollout.shadow_percent
         self._shadow.max_in_flight = config.rollout.shadow_max_in_flight
         self._shadow.batch_size = config.rollout.shadow_batch_size
         self._shadow.batch_wait_s = config.rollout.shadow_batch_wait_s
-        if config.rollout.candidate_weight != self._table.candidate_weight:
-            self._table = RoutingTable(config.rollout.candidate_weight, self._table.version + 1)
-            logger.info("routing: candidate_weight=%s%%", config.rollout.candidate_weight)
+        if config.rollout.mode == "manual":
+            self._route(config.rollout.weight, config.rollout.shadow)
+        if self._controller is None:
+            store = config.rollout.store
+            self._controller = get_or_create_controller(
+                self._app,
+                store.path,
+                {
+                    "windows_s": store.windows_retention_s,
+                    "request_log_s": store.request_log_retention_s,
+                    "max_requests": store.max_logged_requests,
+                },
+            )
+        self._ensure_tasks()
+        try:
+            table = await asyncio.wait_for(
+                self._controller.configure.remote(
+                    user_config, {a.value: v for a, v in self._versions.items()}
+                ),
+                10,
+            )
+            self._follow(table)
+        except Exception as exc:  # the watcher gets the table later; manual routing already applies
+            logger.warning("the rollout controller did not take the config yet: %r", exc)
+
+    def _route(self, weight: float, shadow_percent: float) -> None:
+        self._shadow.percent = shadow_percent
+        if weight != self._table.candidate_weight:
+            self._table = RoutingTable(weight, self._table.version + 1)
+            logger.info("routing: candidate_weight=%s%% shadow_percent=%s%%", weight, shadow_percent)
+
+    def _follow(self, table: dict[str, Any]) -> None:
+        """Applies the controller's routing table when it is new to this replica."""
+        if table.get("version") == self._controller_table.get("version") and table.get(
+            "key"
+        ) == self._controller_table.get("key"):
+            return
+        self._controller_table = table
+        self._route(float(table["candidate_weight"]), float(table["shadow_percent"]))
+
+    def _ensure_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_loop())
+        if self._controller is not None and (self._watcher is None or self._watcher.done()):
+            self._watcher = loop.create_task(self._watch_loop())
+
+    async def _watch_loop(self) -> None:
+        """Long-polls the controller for routing tables; unreachable, it keeps the last one and retries."""
+        failures = 0
+        while True:
+            try:
+                asked = time.time()
+                table = await asyncio.wait_for(
+                    self._controller.watch.remote(self._controller_table.get("version", -1), WATCH_TIMEOUT_S),
+                    WATCH_TIMEOUT_S + 10,
+                )
+                published = float(table.get("published_at", 0.0))
+                is_new = table.get("version") != self._controller_table.get("version")
+                self._follow(table)
+                if is_new and published >= asked:  # it changed while this replica was waiting: a true push
+                    self._pending_lags.append(time.time() - published)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if failures in (1, 10, 100):
+                    logger.warning(
+                        "routing-table watch failed %d time(s), keeping the last table: %r", failures, exc
+                    )
+                await asyncio.sleep(min(0.2 * failures, 2.0))
 
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
         """Answers with the chosen arm's output. ``X-Request-Id`` is added by Serve's proxy (its own request
         id, which the request context here carries too), so it is not set again: a client sees one id."""
-        self._ensure_flusher()
+        self._ensure_tasks()
         try:
             rollout = self._config.rollout
             raw = await read_body(request, rollout.max_body_bytes)
@@ -180,6 +259,7 @@ class Ingress:
         except HTTPProblem as problem:
             return problem.response()
         assert outcome.output is not None
+        self._log_request(outcome.arm.value, segments)
         answer_headers = {
             "X-Model-Version": str(outcome.output["model_version"]),
             "X-Canary-Arm": outcome.arm.value,
@@ -210,6 +290,16 @@ class Ingress:
             self._record(Arm.STABLE.value, outcome, segments)
             return outcome, reason
         return outcome, None
+
+    def _log_request(self, arm: str, segments: list[Segment]) -> None:
+        """Remembers which arm answered, so POST /feedback can join a score to it."""
+        request_id = serve.context._get_serve_request_context().request_id
+        if not request_id:
+            return
+        now = time.time()
+        self._requests.add(request_id, arm, now, segments)
+        if len(self._pending_requests) < MAX_PENDING_ROWS:
+            self._pending_requests.append((request_id, now, arm, segments))
 
     def _record(self, arm: str, outcome: Outcome, segments: list[Segment]) -> None:
         values = (
@@ -300,10 +390,6 @@ class Ingress:
             )
         return JSONResponse({"status": "ok", "stable": info["model_version"]})
 
-    def _ensure_flusher(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
@@ -313,12 +399,19 @@ class Ingress:
         """Sends the counts since the last flush to the controller; on failure they wait for the next one."""
         async with self._flush_lock:
             now = time.time()
+            if self._controller is None:
+                return
             delta, self._window = self._window, Window(start=now)
             self._shadow.window = self._window
             delta.end = now
+            requests, self._pending_requests = self._pending_requests, []
+            feedback, self._pending_feedback = self._pending_feedback, []
+            lags, self._pending_lags = self._pending_lags, []
             try:
                 await asyncio.wait_for(
-                    self._controller.ingest.remote(self._replica_id, delta.to_dict(), self._shadow.in_flight),
+                    self._controller.ingest.remote(
+                        self._replica_id, delta.to_dict(), self._shadow.in_flight, requests, feedback, lags
+                    ),
                     10,
                 )
                 self._flush_failures = 0
@@ -326,6 +419,8 @@ class Ingress:
                 delta.merge(self._window)
                 self._window = delta
                 self._shadow.window = delta
+                self._pending_requests = (requests + self._pending_requests)[-MAX_PENDING_ROWS:]
+                self._pending_feedback = (feedback + self._pending_feedback)[-MAX_PENDING_ROWS:]
                 self._flush_failures += 1
                 if self._flush_failures in (1, 10, 100):
                     logger.warning(
@@ -333,18 +428,18 @@ class Ingress:
                     )
 
     def _rollout_state(self) -> dict[str, Any]:
-        rollout = self._config.rollout
+        """What this replica routes by now (the controller's table, or the manual config's weights)."""
         return {
-            "mode": rollout.mode,
-            "stage": "manual",
+            "mode": self._controller_table.get("mode", self._config.rollout.mode),
+            "stage": self._controller_table.get("stage", "manual"),
             "candidate_weight": self._table.candidate_weight,
-            "shadow_percent": rollout.shadow_percent,
+            "shadow_percent": self._shadow.percent,
         }
 
     @app.get("/rollout", response_model=None)
     async def rollout(self) -> dict[str, Any] | JSONResponse:
         """The rollout and its numbers, merged over every Ingress and model replica by the controller."""
-        self._ensure_flusher()
+        self._ensure_tasks()
         await self._flush()
         rollout = self._config.rollout
         try:
@@ -355,6 +450,7 @@ class Ingress:
             ).response()
         arms = merged["arms"]
         return {
+            **merged["rollout"],
             **self._rollout_state(),
             "routing_table_version": self._table.version,
             "fallback": rollout.fallback,
@@ -381,10 +477,91 @@ class Ingress:
             "config_error": self._config_error,
         }
 
+    @app.post("/feedback")
+    async def feedback(self, request: Request) -> JSONResponse:
+        """``{request_id, metric, value}``: a score for an answer, joined to the arm that served it."""
+        try:
+            body = parse_json(await read_body(request, 64 * 1024))
+            request_id, metric, value = parse_feedback(body)
+            metrics = self._config.rollout.feedback_metrics
+            if metric not in metrics:
+                raise HTTPProblem(
+                    422,
+                    "invalid_input",
+                    [{"field": "metric", "message": f"unknown metric; expected one of {list(metrics)}"}],
+                )
+            now = time.time()
+            served = self._requests.find(request_id, now)
+            if served is not None:
+                for segment in [ALL, *served.segments]:
+                    self._window.arm(served.arm, segment).record_feedback(metric, value)
+                self._pending_feedback.append((request_id, metric, value, now))
+                return JSONResponse(
+                    {"request_id": request_id, "arm": served.arm, "metric": metric, "value": value}
+                )
+            if self._controller is None:
+                raise HTTPProblem(404, "unknown_request_id", f"unknown request_id {request_id!r}")
+            status, answer = await asyncio.wait_for(
+                self._controller.feedback.remote(request_id, metric, value), 10
+            )
+            return JSONResponse(answer, status_code=status)
+        except HTTPProblem as problem:
+            return problem.response()
+        except TimeoutError:
+            return HTTPProblem(
+                503, "controller_unavailable", "the rollout controller did not answer"
+            ).response()
+
+    @app.post("/admin/{action}")
+    async def admin(self, action: str, request: Request) -> JSONResponse:
+        """Operator actions with a bearer token: pause, resume, promote, rollback, set-weight, acknowledge.
+        Each needs ``{"reason": ...}`` (and ``"actor"``; ``"weight"`` for set-weight) and is recorded."""
+        try:
+            if self._admin_token is None:
+                self._admin_token = admin_token()
+            check_bearer(request.headers.get("authorization"), self._admin_token)
+            if action not in ACTIONS:
+                raise HTTPProblem(
+                    404, "unknown_action", f"unknown action {action!r}; expected one of {list(ACTIONS)}"
+                )
+            actor, reason, weight = parse_action(action, parse_json(await read_body(request, 64 * 1024)))
+            if self._controller is None:
+                raise HTTPProblem(503, "controller_unavailable", "no rollout controller yet")
+            status, result = await asyncio.wait_for(
+                self._controller.act.remote(action.replace("-", "_"), actor, reason, weight), 10
+            )
+        except HTTPProblem as problem:
+            return problem.response()
+        except TimeoutError:
+            return HTTPProblem(
+                503, "controller_unavailable", "the rollout controller did not answer"
+            ).response()
+        return JSONResponse(result, status_code=status)
+
+    @app.get("/admin/report")
+    async def admin_report(self, request: Request) -> JSONResponse:
+        """The post-rollout report as ``{markdown, html, images: {name: base64}}``."""
+        try:
+            if self._admin_token is None:
+                self._admin_token = admin_token()
+            check_bearer(request.headers.get("authorization"), self._admin_token)
+            if self._controller is None:
+                raise HTTPProblem(503, "controller_unavailable", "no rollout controller yet")
+            report = await asyncio.wait_for(self._controller.report.remote(), 60)
+        except HTTPProblem as problem:
+            return problem.response()
+        return JSONResponse(
+            {
+                "markdown": report["markdown"],
+                "html": report["html"],
+                "images": {name: base64.b64encode(data).decode() for name, data in report["images"].items()},
+            }
+        )
+
     @app.get("/metrics")
     async def metrics(self) -> Response:
         """Prometheus text: stable and candidate side by side, merged over replicas (one scrape target)."""
-        self._ensure_flusher()
+        self._ensure_tasks()
         await self._flush()
         try:
             text = await asyncio.wait_for(self._controller.metrics.remote(self._rollout_state()), 10)

@@ -22,6 +22,8 @@ from ray.serve.schema import ServeDeploySchema
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "canary"
+ADMIN_TOKEN = "integration-admin-token"
+STORE: dict[str, str] = {}  # the session's own SQLite store path, so tests never touch a developer's
 
 
 def _free_port() -> int:
@@ -46,14 +48,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60, every: float =
 
 
 @pytest.fixture(scope="session")
-def serve_port() -> Iterator[int]:
+def serve_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = _free_port()
+    STORE["path"] = str(tmp_path_factory.mktemp("store") / "rollout.db")
     ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=False,
         logging_level="ERROR",
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "CANARY_ADMIN_TOKEN": ADMIN_TOKEN}},
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
@@ -67,6 +70,7 @@ def base_config(port: int) -> dict[str, Any]:
     for app in config["applications"]:
         for dep in app["deployments"]:
             dep["ray_actor_options"] = {"num_cpus": 0}
+    deployment(config, "Ingress")["user_config"]["rollout"]["store"] = {"path": STORE["path"]}
     return config
 
 

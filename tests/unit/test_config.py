@@ -41,9 +41,9 @@ def test_every_bad_key_is_reported_at_once():
     assert {e.key for e in exc.errors} == {"rollout.candidate_weight", "rollout.timeouts_s.stable", "x"}
 
 
-def test_mode_auto_is_refused_until_the_controller_exists():
+def test_mode_auto_without_a_policy_names_what_is_missing():
     exc = errors_of(IngressConfig, {"rollout": {"mode": "auto"}})
-    assert exc.errors[0].key == "rollout.mode" and "manual" in str(exc)
+    assert exc.errors[0].key == "rollout" and "owner and rollback_condition" in str(exc)
 
 
 def test_valid_sections_and_defaults():
@@ -51,7 +51,7 @@ def test_valid_sections_and_defaults():
     assert config.rollout.candidate_weight == 12.5
     assert config.rollout.max_body_bytes == 1024 * 1024
     assert config.rollout.fallback is True
-    assert validate_section(IngressConfig, None, source="x").rollout.candidate_weight == 0
+    assert validate_section(IngressConfig, None, source="x").rollout.weight == 0
 
 
 def test_model_server_batching_and_faults_are_checked():

@@ -1,0 +1,554 @@
+"""What the rollout controller does, without Ray: takes the deployed rollout config and every replica's
+telemetry, judges the gates, runs the state machine, keeps the store and publishes the routing table that
+every Ingress replica follows. The clock, the store and the notifier are passed in, so tests drive it with a
+fake clock and a temporary SQLite file; `rollout.controller` is the thin Ray actor around it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rollout.judge import Evidence, Judgement, judge
+from rollout.machine import JUDGED, ActionError, Counts, Phase, RolloutMachine, RolloutState
+from rollout.notify import CheckOutcome, Notifier
+from rollout.policy import rollout_key
+from rollout.report import ReportInput
+from rollout.state import TelemetryState
+from rollout.store import RolloutStore
+from serving.config import IngressConfig
+from serving.segments import ALL
+from serving.sketch import LatencySketch
+from serving.telemetry import Window
+
+logger = logging.getLogger("canary.controller")
+
+PERSIST_EVERY_S = 5.0  # per-window aggregates go to the store this often
+EVENTS_SHOWN = 200
+FEEDBACK_RANGE = (0.0, 1.0)
+
+
+class FeedbackError(Exception):
+    """POST /feedback refused; ``status`` is the HTTP status to answer with and ``field`` the bad field."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        self.status, self.field = status, field
+        super().__init__(message)
+
+
+def config_hash(section: dict[str, Any], versions: dict[str, str]) -> str:
+    """Identifies a deployed config, so that N Ingress replicas reporting it count once."""
+    text = json.dumps({"config": section, "versions": versions}, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@dataclass
+class CheckState:
+    stage_index: int
+    outcome: CheckOutcome
+    reason: str
+    at: float
+
+
+class RolloutSupervisor:
+    """One application's rollout: config in, telemetry in, decisions and routing tables out.
+
+    Args:
+        app: the Serve application name.
+        store: the SQLite store (state, events, windows, request log, feedback).
+        clock: seconds since the epoch; injected for tests.
+        notifier_factory: builds the webhook notifier from a policy's webhooks (none in unit tests).
+    """
+
+    def __init__(
+        self,
+        app: str,
+        store: RolloutStore,
+        clock: Callable[[], float],
+        notifier_factory: Callable[[Sequence[Any]], Notifier | None] = lambda hooks: None,
+    ) -> None:
+        self.app, self.store, self.clock = app, store, clock
+        self._notifier_factory = notifier_factory
+        self.notifier: Notifier | None = None
+        self._hooks: tuple[Any, ...] = ()
+        self.retired: list[Notifier] = []  # replaced notifiers, for the actor to drain and close
+        self.telemetry = TelemetryState()
+        self.machine: RolloutMachine | None = None
+        self.config: IngressConfig | None = None
+        self.versions: dict[str, str] = {}
+        self._hash: str | None = None
+        self.window = Window()  # the current rollout's telemetry, every window since it started
+        self._unsaved = Window()
+        self._saved_at = clock()
+        self.judgement: Judgement | None = None
+        self._final_gates: list[dict[str, Any]] = []
+        self._final_worse: list[str] = []
+        self.check: CheckState | None = None
+        self.propagation = LatencySketch()
+        self._gpu_peak: dict[str, float] = {}
+        self._reported_arms: set[str] = set()
+        self.on_table: Callable[[dict[str, Any]], None] = lambda table: None
+        self._resume()
+
+    # --- start-up ------------------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        """Picks up the application's latest rollout from the store (after a crash or a restart)."""
+        record = self.store.latest_rollout(self.app)
+        if record is None:
+            return
+        try:
+            config = IngressConfig.model_validate(record.policy["config"])
+            state = RolloutState.from_dict(record.state)
+        except Exception:  # a store written by an incompatible version: start clean rather than crash-loop
+            logger.exception("cannot resume rollout %s from the store; waiting for a config", record.key)
+            return
+        self.config, self.versions, self._hash = config, record.policy["versions"], record.policy["hash"]
+        self.machine = RolloutMachine(config.rollout, state)
+        self.window = self.store.merged_window(record.key)
+        self._load_final_evidence()
+        self._set_webhooks(config.rollout.webhooks)
+        state.table_version += 1  # every Ingress re-reads the table after a restart
+        logger.info(
+            "resumed rollout %s at %s (weight %s)", state.key, state.phase.value, state.candidate_weight
+        )
+
+    def _load_final_evidence(self) -> None:
+        assert self.machine is not None
+        for event in reversed(self.store.events(self.machine.state.key)):
+            gates = (event.get("evidence") or {}).get("gates")
+            if gates:
+                self._final_gates, self._final_worse = gates, (event.get("evidence") or {}).get("worse", [])
+                return
+
+    # --- config --------------------------------------------------------------------------------------------
+
+    def configure(self, section: dict[str, Any], versions: dict[str, str]) -> dict[str, Any]:
+        """A deployed Ingress ``user_config`` (already validated by the Ingress); returns the routing table.
+
+        A new rollout identity (id + both model versions) starts over at the first stage; the same identity
+        resumes. In auto mode, weights edited in the config pause the automation (an operator override).
+        """
+        digest = config_hash(section, versions)
+        if digest == self._hash and self.machine is not None:
+            return self.table()
+        config = IngressConfig.model_validate(section)
+        rollout = config.rollout
+        now = self.clock()
+        key = rollout_key(self.app, rollout.rollout_id, versions)
+        events: list[dict[str, Any]] = []
+        machine = self.machine
+        known = self._stored_machine(key, rollout) if machine is None or machine.state.key != key else None
+        if known is not None:  # the same identity deployed again: it resumes where it was
+            if machine is not None and machine.state.phase not in (Phase.CLOSED, Phase.MANUAL):
+                self._record(machine, [self._superseded(machine, key, now)])
+            machine = self.machine = known
+            self.window, self._unsaved = self.store.merged_window(key), Window(start=now)
+            self.judgement, self.check = None, None
+            self._load_final_evidence()
+            reason = f"the same rollout deployed again; it resumes {known.state.phase.value}"
+            events.append(self._note(known, "redeployed", now, reason))
+            if rollout.mode == "auto":
+                events += known.override(now, (rollout.candidate_weight, rollout.shadow_percent))
+        elif machine is None or machine.state.key != key or machine.state.mode != rollout.mode:
+            if machine is not None and machine.state.phase not in (Phase.CLOSED, Phase.MANUAL):
+                self._record(machine, [self._superseded(machine, key, now)])
+            machine, started = RolloutMachine.start(
+                rollout, key, rollout.mode, now, (rollout.weight, rollout.shadow)
+            )
+            machine.state.config_weights = [rollout.candidate_weight, rollout.shadow_percent]
+            machine.state.counters_base = {
+                "oom_events": dict(self.telemetry.oom_events),
+                "restarts": dict(self.telemetry.restarts),
+            }
+            if self.machine is not None:
+                machine.state.table_version = self.machine.state.table_version
+            self.machine, self.window, self._unsaved = machine, Window(start=now), Window(start=now)
+            self.judgement, self._final_gates, self._final_worse, self.check = None, [], [], None
+            events.append(started)
+        else:
+            machine.policy = rollout
+            if rollout.mode == "auto":
+                events += machine.override(now, (rollout.candidate_weight, rollout.shadow_percent))
+            else:
+                events += machine.manual_weights(now, (rollout.weight, rollout.shadow), "config")
+        self.config, self.versions, self._hash = config, dict(versions), digest
+        self._set_webhooks(rollout.webhooks)
+        self.store.save_rollout(
+            key,
+            app=self.app,
+            policy={"config": section, "versions": versions, "hash": digest},
+            state=machine.state.to_dict(),
+        )
+        self._record(machine, events)
+        self.publish()
+        return self.table()
+
+    def _set_webhooks(self, hooks: Sequence[Any]) -> None:
+        """A new notifier only when the webhooks change; the old one is retired (drained, then closed)."""
+        if self.notifier is not None and tuple(hooks) == self._hooks:
+            return
+        if self.notifier is not None:
+            self.retired.append(self.notifier)
+        self._hooks = tuple(hooks)
+        self.notifier = self._notifier_factory(hooks)
+
+    def _stored_machine(self, key: str, rollout: Any) -> RolloutMachine | None:
+        """The stored rollout with this identity and mode, if there is one."""
+        record = self.store.load_rollout(key)
+        if record is None:
+            return None
+        try:
+            state = RolloutState.from_dict(record.state)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if state.mode != rollout.mode or state.phase is Phase.MANUAL:
+            return None
+        return RolloutMachine(rollout, state)
+
+    def _superseded(self, machine: RolloutMachine, key: str, now: float) -> dict[str, Any]:
+        return self._note(machine, "superseded", now, f"a config for rollout {key} was deployed")
+
+    def _note(self, machine: RolloutMachine, kind: str, now: float, reason: str) -> dict[str, Any]:
+        """An event that records something without changing the state."""
+        state = machine.state
+        return {
+            "ts": now,
+            "kind": kind,
+            "from": state.phase.value,
+            "to": state.phase.value,
+            "stage": machine.stage.name if machine.stage else None,
+            "stage_index": state.stage_index,
+            "weight": state.candidate_weight,
+            "shadow_percent": state.shadow_percent,
+            "actor": "config",
+            "reason": reason,
+            "evidence": {},
+        }
+
+    # --- telemetry -----------------------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        replica_id: str,
+        window: dict[str, Any],
+        in_flight: int,
+        requests: Sequence[tuple[str, float, str, list[tuple[str, str]]]] = (),
+        feedback: Sequence[tuple[str, str, float, float]] = (),
+        propagation_s: Sequence[float] = (),
+    ) -> None:
+        """One Ingress replica's counts since its last flush, the request ids it served, feedback it joined
+        itself (request id, metric, value, ts) and how long its routing-table updates took to arrive."""
+        now = self.clock()
+        delta = Window.from_dict(window)
+        self.telemetry.ingest(replica_id, delta, in_flight, now)
+        for lag in propagation_s:
+            self.propagation.add(max(lag, 0.0))
+        if self.machine is None:
+            return
+        self.window.merge(delta)
+        self._unsaved.merge(delta)
+        key = self.machine.state.key
+        if requests:
+            self.store.log_requests(
+                key, [(rid, ts, arm, [tuple(s) for s in segs]) for rid, ts, arm, segs in requests]
+            )
+        for rid, metric, value, ts in feedback:
+            found = self.store.find_request(rid)
+            self.store.add_feedback(
+                found.key if found else key, rid, found.arm if found else "?", metric, value, ts
+            )
+
+    def report_replica(self, arm: str, replica_id: str, report: dict[str, Any]) -> None:
+        self.telemetry.report_replica(arm, replica_id, report, self.clock())
+        memory = _replica_memory(report)
+        if memory is not None:
+            self._gpu_peak[arm] = max(self._gpu_peak.get(arm, 0.0), memory)
+
+    def feedback(self, request_id: str, metric: str, value: float) -> dict[str, Any]:
+        """Joins feedback to the arm that served ``request_id`` (an Ingress that served it itself records it
+        locally instead). Raises `FeedbackError` for an unknown id, metric or an out-of-range value."""
+        self.check_feedback(metric, value)
+        found = self.store.find_request(request_id)
+        if found is None:
+            raise FeedbackError(
+                404, "request_id", f"unknown request_id {request_id!r} (or older than retention)"
+            )
+        self.store.add_feedback(found.key, request_id, found.arm, metric, value, self.clock())
+        if self.machine is not None and found.key == self.machine.state.key:
+            for segment in [ALL, *(tuple(s) for s in found.segments)]:
+                self.window.arm(found.arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
+                self._unsaved.arm(found.arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
+        return {"request_id": request_id, "arm": found.arm, "metric": metric, "value": value}
+
+    def check_feedback(self, metric: str, value: float) -> None:
+        metrics = self.config.rollout.feedback_metrics if self.config else ("human_review_score",)
+        if metric not in metrics:
+            raise FeedbackError(422, "metric", f"unknown metric {metric!r}; expected one of {list(metrics)}")
+        low, high = FEEDBACK_RANGE
+        if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
+            raise FeedbackError(422, "value", f"value must be a number in [{low:g}, {high:g}], got {value!r}")
+
+    # --- decisions -----------------------------------------------------------------------------------------
+
+    def counts(self) -> Counts:
+        return Counts(live=self.window.arm("candidate").requests, shadow=self.window.arm("shadow").requests)
+
+    def evidence(self) -> Evidence:
+        assert self.machine is not None
+        state = self.machine.state
+        stage = self.machine.stage
+        live = state.candidate_weight > 0 or (stage is not None and not stage.is_shadow)
+        base = state.counters_base
+        # An arm whose replicas report counts 0 events until one happens: that is data, not NODATA.
+        reporting = {r.arm for r in self.telemetry.replicas.values()} | set(self._reported_arms)
+        self._reported_arms |= reporting
+        return Evidence(
+            window=self.window,
+            live=live,
+            oom_events=_since(self.telemetry.oom_events, base.get("oom_events", {}), reporting),
+            restarts=_since(self.telemetry.restarts, base.get("restarts", {}), reporting),
+            gpu_memory_bytes=dict(self._gpu_peak),
+        )
+
+    def step(self) -> list[dict[str, Any]]:
+        """One judgement and one automatic step; returns the events it caused."""
+        now = self.clock()
+        self.telemetry.expire(now)
+        machine = self.machine
+        if machine is None or self.config is None:
+            return []
+        judgement = None
+        if machine.state.mode == "auto" and machine.state.phase in JUDGED:
+            rollout = self.config.rollout
+            judgement = judge(
+                rollout.gate_specs(tuple(f.name for f in self.config.fields)),
+                self.evidence(),
+                alpha=rollout.alpha,
+                labels=rollout.judge_segments,
+                max_values_per_label=self.config.segments.top_n + 1,  # the named values and "other"
+            )
+            self.judgement = judgement
+        check = (
+            self.check.outcome if self.check and self.check.stage_index == machine.state.stage_index else None
+        )
+        events = machine.tick(now, judgement, self.counts(), check)
+        self._record(machine, events)
+        if events:
+            if judgement is not None and machine.state.phase not in JUDGED:
+                self._final_gates = [r.to_dict() for r in judgement.results]
+                self._final_worse = list(judgement.worse)
+            self.publish()
+        if now - self._saved_at >= PERSIST_EVERY_S:
+            self.persist()
+        return events
+
+    def wants_check(self) -> tuple[int, Any] | None:
+        """(stage index, check spec) when the stage's external check should be asked (again) now."""
+        machine = self.machine
+        if machine is None or not machine.wants_check(self.clock(), self.judgement, self.counts()):
+            return None
+        stage = machine.stage
+        assert stage is not None and stage.check is not None and machine.state.stage_index is not None
+        recent = self.check and self.check.stage_index == machine.state.stage_index
+        if recent and self.check is not None and self.clock() - self.check.at < stage.check.timeout_s + 5:
+            return None
+        return machine.state.stage_index, stage.check
+
+    def checked(self, stage_index: int, outcome: CheckOutcome, reason: str) -> None:
+        """Records an external check's answer; a change of answer becomes an event."""
+        previous = self.check
+        self.check = CheckState(stage_index, outcome, reason, self.clock())
+        if self.machine and (
+            previous is None or (previous.stage_index, previous.outcome) != (stage_index, outcome)
+        ):
+            event = self._note(self.machine, "check", self.clock(), f"{outcome.value}: {reason}")
+            event["actor"] = "external-check"
+            self._record(self.machine, [event])
+
+    def act(self, action: str, actor: str, reason: str, weight: float | None = None) -> dict[str, Any]:
+        """An operator action (pause, resume, promote, rollback, set_weight, acknowledge), recorded with who
+        and why. Raises `ActionError` when the state does not allow it."""
+        if self.machine is None:
+            raise ActionError("no rollout yet: deploy a config first")
+        events = self.machine.act(action, self.clock(), actor, reason, self.counts(), weight)
+        if events and self.machine.state.phase in (Phase.ROLLED_BACK, Phase.PROMOTED) and self.judgement:
+            self._final_gates = [r.to_dict() for r in self.judgement.results]
+            self._final_worse = list(self.judgement.worse)
+        self._record(self.machine, events)
+        self.publish()
+        return {"events": events, "state": self.view()}
+
+    def _record(self, machine: RolloutMachine, events: list[dict[str, Any]]) -> None:
+        """Every event is stored with the state it produced, in one transaction, before anyone hears of it."""
+        for event in events:
+            event["seq"] = self.store.save_state_and_event(machine.state.key, machine.state.to_dict(), event)
+            if self.notifier is not None:
+                self.notifier.send({"app": self.app, "rollout": machine.state.key, **event})
+            logger.info(
+                "rollout %s: %s → %s (%s)", machine.state.key, event["from"], event["to"], event["reason"]
+            )
+
+    def persist(self) -> None:
+        """Writes the telemetry since the last write as one window aggregate, and the state."""
+        machine = self.machine
+        self._saved_at = now = self.clock()
+        if machine is None:
+            return
+        if not self._unsaved.empty():
+            self._unsaved.end = now
+            stage = machine.stage.name if machine.stage else machine.state.phase.value
+            self.store.append_window(machine.state.key, stage, self._unsaved)
+            self._unsaved = Window(start=now)
+        self.store.save_rollout(
+            machine.state.key,
+            app=self.app,
+            policy={
+                "config": self.config.model_dump(mode="json") if self.config else {},
+                "versions": self.versions,
+                "hash": self._hash,
+            },
+            state=machine.state.to_dict(),
+        )
+
+    # --- routing -------------------------------------------------------------------------------------------
+
+    def table(self) -> dict[str, Any]:
+        """The routing table every Ingress replica follows."""
+        state = self.machine.state if self.machine else None
+        return {
+            "version": state.table_version if state else 0,
+            "key": state.key if state else None,
+            "mode": state.mode if state else "manual",
+            "stage": state.phase.value if state else "manual",
+            "candidate_weight": state.candidate_weight if state else 0.0,
+            "shadow_percent": state.shadow_percent if state else 0.0,
+            "published_at": self.clock(),
+        }
+
+    def publish(self) -> None:
+        if self.machine is None:
+            return
+        self.machine.state.table_version += 1
+        self.on_table(self.table())
+
+    # --- views ---------------------------------------------------------------------------------------------
+
+    def gates(self) -> tuple[list[dict[str, Any]], list[str], list[list[str]]]:
+        machine = self.machine
+        if machine is not None and machine.state.phase in JUDGED and self.judgement is not None:
+            j = self.judgement
+            return [r.to_dict() for r in j.results], list(j.worse), [list(s) for s in j.skipped]
+        return self._final_gates, self._final_worse, []
+
+    def view(self) -> dict[str, Any]:
+        """The rollout part of ``GET /rollout``."""
+        machine = self.machine
+        if machine is None or self.config is None:
+            return {
+                "mode": "manual",
+                "stage": "manual",
+                "candidate_weight": 0.0,
+                "shadow_percent": 0.0,
+                "gates": [],
+                "events": [],
+                "worse": [],
+            }
+        state, rollout = machine.state, self.config.rollout
+        gates, worse, skipped = self.gates()
+        events = self.store.events(state.key)
+        counts = self.counts()
+        return {
+            "rollout_key": state.key,
+            "rollout_id": rollout.rollout_id,
+            "versions": self.versions,
+            "mode": state.mode,
+            "stage": state.phase.value,
+            "stage_index": state.stage_index,
+            "stage_name": machine.stage.name if machine.stage else None,
+            "stages": [
+                {"name": s.name, **s.model_dump(mode="json", exclude_none=True)} for s in rollout.stages
+            ],
+            "candidate_weight": state.candidate_weight,
+            "shadow_percent": state.shadow_percent,
+            "started_at": state.started_at,
+            "stage_started_at": state.stage_started_at,
+            "stage_requests": machine.stage_requests(counts),
+            "outcome": state.outcome,
+            "owner": rollout.owner,
+            "rollback_condition": rollout.rollback_condition,
+            "impact": rollout.impact,
+            "change": rollout.change,
+            "alpha": rollout.alpha,
+            "gates": gates,
+            "worse": worse,
+            "skipped": skipped,
+            "check": None
+            if self.check is None
+            else {
+                "stage_index": self.check.stage_index,
+                "outcome": self.check.outcome.value,
+                "reason": self.check.reason,
+                "at": self.check.at,
+            },
+            "events": events[-EVENTS_SHOWN:],
+            "events_total": len(events),
+            "routing_table_version": state.table_version,
+            "propagation_ms": {
+                "count": self.propagation.count,
+                "p50": _ms(self.propagation.quantile(0.5)),
+                "p99": _ms(self.propagation.quantile(0.99)),
+            },
+            "notifications": None
+            if self.notifier is None
+            else {
+                "delivered": sum(d.ok for d in self.notifier.deliveries),
+                "failed": sum(not d.ok for d in self.notifier.deliveries),
+                "dropped": self.notifier.dropped,
+            },
+        }
+
+    def report_input(self) -> ReportInput:
+        if self.machine is None or self.config is None:
+            raise ActionError("no rollout yet: deploy a config first")
+        self.persist()
+        key = self.machine.state.key
+        gates, worse, _ = self.gates()
+        return ReportInput(
+            app=self.app,
+            key=key,
+            policy=self.config.rollout.model_dump(mode="json"),
+            state={
+                **self.machine.state.to_dict(),
+                "stage": self.machine.state.phase.value,
+                "versions": self.versions,
+                "rollout_id": self.config.rollout.rollout_id,
+            },
+            events=self.store.events(key),
+            windows=self.store.windows(key),
+            gates=gates,
+            worse=worse,
+        )
+
+
+def _since(now: dict[str, int], base: dict[str, int], arms: set[str]) -> dict[str, int]:
+    return {arm: max(0, now.get(arm, 0) - base.get(arm, 0)) for arm in arms | set(now)}
+
+
+def _replica_memory(report: dict[str, Any]) -> float | None:
+    """This replica's own GPU memory: NVML's per-process number, else what torch reserved."""
+    gpus = report.get("gpus") or []
+    process = [g.get("process_memory_bytes") for g in gpus if g.get("process_memory_bytes") is not None]
+    if process:
+        return float(sum(process))
+    reserved = report.get("torch_reserved_bytes")
+    return float(reserved) if reserved is not None else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 3) if seconds is not None else None

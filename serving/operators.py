@@ -1,0 +1,139 @@
+"""What the Ingress needs for feedback and operators, kept out of the deployment class: the bounded log of
+which arm served each request id, the admin bearer token, and strict parsing of feedback and admin bodies.
+Pure apart from reading/creating the token file.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import os
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.http import HTTPProblem
+from serving.segments import Segment
+
+TOKEN_ENV = "CANARY_ADMIN_TOKEN"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TOKEN_FILE = PROJECT_ROOT / ".canary" / "admin-token"
+
+ACTIONS = ("pause", "resume", "promote", "rollback", "set-weight", "acknowledge")
+
+
+@dataclass(frozen=True)
+class Served:
+    arm: str
+    ts: float
+    segments: tuple[Segment, ...]
+
+
+class RequestLog:
+    """The last requests this replica answered (id → arm and segments), bounded in count and age.
+
+    Example:
+        >>> log = RequestLog(max_entries=2, max_age_s=60)
+        >>> for i, request_id in enumerate("abc"):
+        ...     log.add(request_id, "stable", float(i), [])
+        >>> log.find("a", now=2.0) is None, log.find("c", now=2.0).arm
+        (True, 'stable')
+    """
+
+    def __init__(self, max_entries: int = 200_000, max_age_s: float = 3600.0) -> None:
+        self.max_entries, self.max_age_s = max_entries, max_age_s
+        self._entries: OrderedDict[str, Served] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, request_id: str, arm: str, ts: float, segments: list[Segment]) -> None:
+        self._entries[request_id] = Served(arm, ts, tuple(segments))
+        self._entries.move_to_end(request_id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def find(self, request_id: str, now: float) -> Served | None:
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if now - oldest.ts <= self.max_age_s:
+                break
+            self._entries.popitem(last=False)
+        return self._entries.get(request_id)
+
+
+def admin_token(path: Path = DEFAULT_TOKEN_FILE) -> str:
+    """The admin API's bearer token: ``$CANARY_ADMIN_TOKEN`` when set, else the token file, created with a
+    random token (mode 0600) the first time, so the CLI on the same machine can read it."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def check_bearer(header: str | None, token: str) -> None:
+    """401 without a bearer token, 403 with a wrong one (compared in constant time)."""
+    if not header or not header.lower().startswith("bearer "):
+        raise HTTPProblem(401, "unauthorized", "send `Authorization: Bearer <token>` (see `canary status`)")
+    if not hmac.compare_digest(header[7:].strip().encode(), token.encode()):
+        raise HTTPProblem(403, "forbidden", "the bearer token is not the admin token")
+
+
+def _require(body: Any, name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(body, dict):
+        raise HTTPProblem(422, "invalid_input", [{"field": "(body)", "message": "send a JSON object"}])
+    if name not in body:
+        raise HTTPProblem(422, "invalid_input", [{"field": name, "message": f"required: {what}"}])
+    value = body[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise HTTPProblem(
+            422, "invalid_input", [{"field": name, "message": f"expected {what}, got {value!r}"}]
+        )
+    return value
+
+
+def parse_feedback(body: Any) -> tuple[str, str, float]:
+    """``{request_id, metric, value}`` → a tuple, or 422 naming the field."""
+    request_id = _require(body, "request_id", str, "the X-Request-Id of the answer")
+    metric = _require(body, "metric", str, "a feedback metric name, e.g. human_review_score")
+    value = _require(body, "value", (int, float), "a number in [0, 1]")
+    if not request_id.strip() or len(request_id) > 256:
+        raise HTTPProblem(422, "invalid_input", [{"field": "request_id", "message": "1–256 characters"}])
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise HTTPProblem(
+            422, "invalid_input", [{"field": "value", "message": f"must be in [0, 1], got {value!r}"}]
+        )
+    unknown = sorted(set(body) - {"request_id", "metric", "value"})
+    if unknown:
+        raise HTTPProblem(422, "invalid_input", [{"field": unknown[0], "message": "unknown field"}])
+    return request_id, metric, float(value)
+
+
+def parse_action(action: str, body: Any) -> tuple[str, str, float | None]:
+    """An admin action's body ``{reason, actor?, weight?}`` → (actor, reason, weight), or 422 naming the
+    field."""
+    reason = _require(body, "reason", str, "why, in words (it goes into the audit trail)")
+    if not reason.strip():
+        raise HTTPProblem(422, "invalid_input", [{"field": "reason", "message": "must not be blank"}])
+    actor = body.get("actor", "operator")
+    if not isinstance(actor, str) or not actor.strip():
+        raise HTTPProblem(
+            422, "invalid_input", [{"field": "actor", "message": "a name, e.g. alice@example.com"}]
+        )
+    weight = None
+    if action == "set-weight":
+        weight = float(_require(body, "weight", (int, float), "a percent in [0, 100]"))
+        if not 0 <= weight <= 100:
+            raise HTTPProblem(
+                422, "invalid_input", [{"field": "weight", "message": f"must be in [0, 100], got {weight:g}"}]
+            )
+    return actor, reason, weight

@@ -1,0 +1,183 @@
+"""Automatic rollouts on the real stack with short stages: one that promotes, one rolled back on a single
+segment; feedback, the admin API, and a controller that survives SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from typing import Any
+
+import pytest
+import ray
+from conftest import ADMIN_TOKEN, Canary, deployment, wait_until
+
+from rollout.controller import NAMESPACE, controller_name
+
+TIERS = ("free", "pro", "gold")
+FAST = [
+    {"shadow_percent": 100, "min_duration_s": 2, "min_requests": 40},
+    {"weight": 30, "min_duration_s": 2, "min_requests": 40},
+    {"weight": 100, "min_duration_s": 2, "min_requests": 40},
+]
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def auto(canary: Canary, rollout_id: str, **extra: Any) -> dict[str, Any]:
+    policy: dict[str, Any] = {
+        "mode": "auto",
+        "rollout_id": rollout_id,
+        "owner": "ml-platform@example.com",
+        "rollback_condition": "errors above 1% or p95 +50% in any tier",
+        "stages": FAST,
+        "promotion_gates": {
+            "error_rate": {"maximum": 0.01},
+            "latency_p95_ms": {"maximum_regression_percent": 50},
+            "human_review_score": {"minimum_delta": -0.1},
+        },
+        "judge_segments": ["tier"],
+    }
+    config = canary.edited(**{**policy, **extra})
+    rollout = deployment(config, "Ingress")["user_config"]["rollout"]
+    rollout.pop("candidate_weight", None)
+    return config
+
+
+class Load:
+    """Keyed traffic from 4 clients across three tiers, each answer scored through POST /feedback."""
+
+    def __init__(self, canary: Canary) -> None:
+        self.canary, self.stop, self.statuses = canary, threading.Event(), []
+        self.threads = [threading.Thread(target=self.work, args=(i,), daemon=True) for i in range(4)]
+        for t in self.threads:
+            t.start()
+
+    def work(self, seed: int) -> None:
+        rng = random.Random(seed)
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            r = self.canary.predict(f"k{seed}-{rng.getrandbits(32)}", X_Tenant_Tier=TIERS[i % 3])
+            self.statuses.append(r.status_code)
+            if r.status_code == 200:
+                self.canary.http.post(
+                    "/feedback",
+                    json={
+                        "request_id": r.headers["x-request-id"],
+                        "metric": "human_review_score",
+                        "value": rng.uniform(0.8, 1.0),
+                    },
+                )
+
+    def end(self) -> list[int]:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        return self.statuses
+
+
+@pytest.fixture
+def load(canary: Canary) -> Any:
+    running: list[Load] = []
+    yield lambda: running.append(Load(canary)) or running[-1]
+    for item in running:
+        item.end()
+
+
+def stage_is(canary: Canary, *stages: str) -> Any:
+    state = canary.rollout()
+    return state if state.get("stage") in stages else None
+
+
+def test_a_good_candidate_is_promoted_and_a_bad_tier_is_rolled_back(canary: Canary, load: Any) -> None:
+    traffic = load()
+    canary.deploy(auto(canary, "good-1"))
+    state = wait_until(lambda: stage_is(canary, "promoted"), 240, every=1, what="promoted")
+    kinds = [(e["kind"], e["weight"], e["shadow_percent"]) for e in state["events"]]
+    assert ("stage", 0, 100) in kinds and ("stage", 30, 0) in kinds and ("promoted", 100, 0) in kinds
+    assert state["candidate_weight"] == 100
+    gates = {g["gate"]: g for g in state["gates"] if g["segment"] == "all"}
+    assert {"error_rate", "latency_p95_ms", "human_review_score"} <= set(gates)
+    assert all(g["verdict"] == "PASS" for g in gates.values())
+    assert state["propagation_ms"]["count"] >= 1  # tables were pushed to the Ingress and timed
+
+    bad = auto(canary, "bad-gold-1")
+    deployment(bad, "candidate")["user_config"]["faults"] = {
+        "latency_ms": 300,
+        "segment": {"X-Tenant-Tier": "gold"},
+    }
+    canary.deploy(bad)
+    state = wait_until(lambda: stage_is(canary, "rolled_back"), 240, every=1, what="rolled back")
+    assert (state["candidate_weight"], state["shadow_percent"]) == (0, 0)
+    failing = [g for g in state["gates"] if g["verdict"] == "FAIL"]
+    assert any(g["segment"] == "tier=gold" for g in failing), failing
+    assert not any(g["segment"] in ("tier=free", "tier=pro") for g in failing)
+    assert "tier=gold" in state["worse"]
+    statuses = traffic.end()
+    assert statuses and set(statuses) == {200}
+
+
+def test_feedback_is_joined_or_refused_with_the_field_named(canary: Canary) -> None:
+    response = canary.predict("fb-1")
+    request_id = response.headers["x-request-id"]
+    ok = canary.http.post(
+        "/feedback", json={"request_id": request_id, "metric": "human_review_score", "value": 1}
+    )
+    assert ok.status_code == 200 and ok.json()["arm"] == response.headers["x-canary-arm"]
+    unknown = canary.http.post(
+        "/feedback", json={"request_id": "nope", "metric": "human_review_score", "value": 1}
+    )
+    assert unknown.status_code == 404
+    for body, field in (
+        ({"request_id": request_id, "metric": "human_review_score", "value": 3}, "value"),
+        ({"request_id": request_id, "metric": "stars", "value": 0.5}, "metric"),
+        ({"metric": "human_review_score", "value": 0.5}, "request_id"),
+    ):
+        bad = canary.http.post("/feedback", json=body)
+        assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == field
+
+
+def test_admin_api_needs_the_token_and_records_who_and_why(canary: Canary) -> None:
+    canary.deploy(auto(canary, "admin-1", stages=[{**s, "min_duration_s": 3600} for s in FAST]))
+    wait_until(lambda: stage_is(canary, "shadow"), 60, what="shadow stage")
+    assert canary.http.post("/admin/pause", json={"reason": "x"}).status_code == 401
+    assert (
+        canary.http.post(
+            "/admin/pause", json={"reason": "x"}, headers={"Authorization": "Bearer no"}
+        ).status_code
+        == 403
+    )
+    assert canary.http.post("/admin/pause", json={}, headers=ADMIN).json()["detail"][0]["field"] == "reason"
+    paused = canary.http.post("/admin/pause", json={"reason": "ticket 42", "actor": "alice"}, headers=ADMIN)
+    assert paused.status_code == 200 and canary.rollout()["stage"] == "paused"
+    assert canary.http.post("/admin/pause", json={"reason": "again"}, headers=ADMIN).status_code == 409
+    weight = canary.http.post("/admin/set-weight", json={"reason": "hold", "weight": 7}, headers=ADMIN)
+    assert weight.status_code == 200
+    wait_until(lambda: canary.rollout()["candidate_weight"] == 7, 10, what="weight 7 routed")
+    canary.http.post("/admin/rollback", json={"reason": "done testing", "actor": "alice"}, headers=ADMIN)
+    state = canary.rollout()
+    assert state["stage"] == "rolled_back" and state["candidate_weight"] == 0
+    actions = [(e["kind"], e["actor"], e["reason"]) for e in state["events"]]
+    assert ("paused", "alice", "ticket 42") in actions and ("rolled_back", "alice", "done testing") in actions
+    report = canary.http.get("/admin/report", headers=ADMIN)
+    assert report.status_code == 200 and "rolled_back" in report.json()["markdown"]
+
+
+def test_controller_killed_with_sigkill_resumes_its_stage_and_events(canary: Canary) -> None:
+    canary.deploy(auto(canary, "kill-1", stages=[{**s, "min_duration_s": 3600} for s in FAST]))
+    before = wait_until(lambda: stage_is(canary, "shadow"), 60, what="shadow stage")
+    actor = ray.get_actor(controller_name("canary"), namespace=NAMESPACE)
+    pid = ray.get(actor.ready.remote(), timeout=30)
+    os.kill(pid, signal.SIGKILL)
+    after = wait_until(
+        lambda: (
+            (s := canary.rollout()).get("stage") and ray.get(actor.ready.remote(), timeout=30) != pid and s
+        ),
+        120,
+        every=1,
+        what="controller back",
+    )
+    assert after["stage"] == before["stage"] == "shadow"
+    assert after["shadow_percent"] == 100 and after["events_total"] >= before["events_total"]
+    assert after["rollout_key"] == before["rollout_key"]

@@ -1,0 +1,217 @@
+"""The controller's logic without Ray: a fake clock, a real SQLite store in a temporary directory, real
+Windows from the telemetry module, the real judge. Restarting = building a new supervisor on the same file."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollout.machine import ActionError
+from rollout.store import RolloutStore
+from rollout.supervisor import FeedbackError, RolloutSupervisor
+from serving.segments import ALL
+from serving.telemetry import Window
+
+VERSIONS = {"stable": "fraud-v1", "candidate": "fraud-v2"}
+STAGES = [
+    {"shadow_percent": 100, "min_duration_s": 5, "min_requests": 100},
+    {"weight": 25, "min_duration_s": 5, "min_requests": 100},
+    {"weight": 100, "min_duration_s": 5, "min_requests": 100},
+]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def section(**extra: Any) -> dict[str, Any]:
+    rollout: dict[str, Any] = {
+        "mode": "auto",
+        "rollout_id": "r1",
+        "owner": "ml@example.com",
+        "rollback_condition": "errors above 1% in any tier",
+        "stages": STAGES,
+        "promotion_gates": {"error_rate": {"maximum": 0.01}},
+        "judge_segments": ["tier"],
+    }
+    rollout.update(extra)
+    return {"rollout": rollout}
+
+
+def traffic(rng: random.Random, weight: float, shadow: float, n: int, bad_tier: str | None = None) -> Window:
+    """One second of requests: the candidate errs on every request of ``bad_tier``."""
+    w = Window()
+    for _ in range(n):
+        tier = rng.choice(["free", "pro", "gold"])
+        segments = [ALL, ("tier", tier)]
+        arm = "candidate" if rng.random() * 100 < weight else "stable"
+        status = "error" if arm == "candidate" and tier == bad_tier else "ok"
+        for seg in segments:
+            w.arm(arm, seg).record(status, rng.lognormvariate(-2.5, 0.3))
+        if arm == "stable" and rng.random() * 100 < shadow:
+            shadow_status = "error" if tier == bad_tier else "ok"
+            for seg in segments:
+                w.arm("shadow", seg).record(shadow_status, rng.lognormvariate(-2.5, 0.3))
+    return w
+
+
+def run(
+    sup: RolloutSupervisor, clock: Clock, seconds: int, bad_tier: str | None = None, seed: int = 0
+) -> None:
+    rng = random.Random(seed)
+    for _ in range(seconds):
+        clock.now += 1
+        table = sup.table()
+        w = traffic(rng, table["candidate_weight"], table["shadow_percent"], 200, bad_tier)
+        sup.ingest("ingress-1", w.to_dict(), 0)
+        sup.step()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "rollout.db"
+
+
+def supervisor(path: Path, clock: Clock) -> RolloutSupervisor:
+    return RolloutSupervisor("canary", RolloutStore(path, clock=clock), clock)
+
+
+def test_a_good_candidate_walks_every_stage_and_is_promoted(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    tables: list[dict[str, Any]] = []
+    sup.on_table = tables.append
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 120)
+    view = sup.view()
+    assert view["stage"] == "promoted", view["events"][-3:]
+    kinds = [(e["kind"], e["weight"], e["shadow_percent"]) for e in view["events"]]
+    assert kinds[:2] == [("started", 0, 0), ("stage", 0, 100)]
+    assert ("stage", 25, 0) in kinds and ("promoted", 100, 0) in kinds
+    assert [t["candidate_weight"] for t in tables][-1] == 100
+    assert all(b["version"] > a["version"] for a, b in itertools.pairwise(tables))
+    assert view["gates"] and all(g["verdict"] == "PASS" for g in view["gates"] if g["segment"] == "all")
+
+
+def test_a_candidate_bad_for_one_tier_is_rolled_back_naming_it(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 60, bad_tier="gold")
+    view = sup.view()
+    assert view["stage"] == "rolled_back"
+    assert (view["candidate_weight"], view["shadow_percent"]) == (0, 0)
+    failing = [g for g in view["gates"] if g["verdict"] == "FAIL"]
+    assert any(g["segment"] == "tier=gold" for g in failing)
+    assert "tier=gold" in view["worse"]
+    assert view["events"][-1]["kind"] == "rolled_back" and "tier=gold" in view["events"][-1]["reason"]
+
+
+def test_restart_resumes_stage_weights_events_and_evidence(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 12)
+    sup.persist()
+    before = sup.view()
+    assert before["stage"] in ("shadow", "canary")
+    again = supervisor(store_path, clock)  # what Ray does after SIGKILL: a fresh actor on the same store
+    after = again.view()
+    for key in ("stage", "stage_index", "candidate_weight", "shadow_percent", "rollout_key", "events_total"):
+        assert after[key] == before[key], key
+    assert again.table()["version"] > sup.table()["version"]  # every Ingress re-reads the table
+    assert again.window.arm("shadow").requests == sup.window.arm("shadow").requests
+    # the same config deployed again resumes; it does not start over
+    again.configure(section(), VERSIONS)
+    assert again.view()["stage"] == before["stage"] and again.view()["events_total"] == before["events_total"]
+
+
+def test_new_identity_starts_over_and_supersedes(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 12)
+    old = sup.view()["rollout_key"]
+    sup.configure(section(rollout_id="r2"), VERSIONS)
+    view = sup.view()
+    assert view["rollout_key"] != old and view["stage"] == "pending" and view["events_total"] == 1
+    assert sup.store.events(old)[-1]["kind"] == "superseded"
+
+
+def test_weight_edit_in_auto_mode_pauses_and_is_recorded(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 3)
+    sup.configure(section(candidate_weight=10), VERSIONS)
+    view = sup.view()
+    assert view["stage"] == "paused" and view["candidate_weight"] == 10
+    assert view["events"][-1]["kind"] == "override" and view["events"][-1]["actor"] == "config"
+
+
+def test_operator_actions_are_recorded_with_who_and_why(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 3)
+    sup.act("rollback", "alice@example.com", "pager went off")
+    event = sup.store.events(sup.view()["rollout_key"])[-1]
+    assert (event["kind"], event["actor"], event["reason"]) == (
+        "rolled_back",
+        "alice@example.com",
+        "pager went off",
+    )
+    with pytest.raises(ActionError):
+        sup.act("resume", "alice@example.com", "oops")
+
+
+def test_feedback_joins_the_arm_and_refuses_unknown_ids_and_values(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    sup.ingest(
+        "ingress-1", Window().to_dict(), 0, requests=[("req-1", clock.now, "candidate", [("tier", "gold")])]
+    )
+    answer = sup.feedback("req-1", "human_review_score", 0.8)
+    assert answer["arm"] == "candidate"
+    assert sup.window.arm("candidate", ("tier", "gold")).feedback["human_review_score"].mean == 0.8
+    with pytest.raises(FeedbackError) as unknown:
+        sup.feedback("nope", "human_review_score", 0.8)
+    assert unknown.value.status == 404 and unknown.value.field == "request_id"
+    with pytest.raises(FeedbackError) as bad:
+        sup.feedback("req-1", "human_review_score", 1.5)
+    assert bad.value.status == 422 and bad.value.field == "value"
+    with pytest.raises(FeedbackError) as metric:
+        sup.feedback("req-1", "stars", 0.5)
+    assert metric.value.field == "metric"
+
+
+def test_replicas_reporting_zero_ooms_are_evidence_and_one_oom_rolls_back(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(promotion_gates={"gpu_oom_events": {"maximum": 0}}), VERSIONS)
+    for arm in ("stable", "candidate"):
+        sup.report_replica(arm, f"{arm}-1", {"oom_events": 0, "gpus": None})
+    run(sup, clock, 3)
+    oom = next(g for g in sup.view()["gates"] if g["gate"] == "gpu_oom_events")
+    assert oom["verdict"] != "NODATA"
+    sup.report_replica("candidate", "candidate-1", {"oom_events": 1, "gpus": None})
+    run(sup, clock, 2)
+    assert sup.view()["stage"] == "rolled_back"
+
+
+def test_a_rollout_deployed_again_after_another_resumes_where_it_was(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 120)
+    assert sup.view()["stage"] == "promoted"
+    sup.configure(section(rollout_id="r2"), VERSIONS)
+    assert sup.view()["stage"] == "pending"
+    sup.configure(section(), VERSIONS)  # r1 again: the same identity resumes, it does not start over
+    view = sup.view()
+    assert view["stage"] == "promoted" and view["events"][-1]["kind"] == "redeployed"
