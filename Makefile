@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch 2.13.0 on machines that carry it locally; a CUDA build from PyPI elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/demo.yaml
+DEMO_CONFIG ?= configs/demo-rollout.yaml
 # A PYTHONPATH from the caller could shadow our top-level packages (serving, models, rollout) in the CLI and in
 # every Ray worker the head starts; the project's own venv has everything it needs.
 unexport PYTHONPATH
@@ -20,8 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,lint]'
 	touch $@
 
-demo: setup  ## the main job: local Ray, the demo config, demo traffic, a weight change, live numbers
-	$(VENV)/bin/canary demo --config $(CONFIG)
+demo: setup  ## the main job: an automatic rollout that promotes, then a bad candidate rolled back on one tier
+	$(VENV)/bin/canary demo --config $(DEMO_CONFIG)
 
 up: setup  ## start a local Ray head and deploy $(CONFIG) in the background; returns once /healthz is 200
 	$(VENV)/bin/canary up --config $(CONFIG)

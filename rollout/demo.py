@@ -1,13 +1,16 @@
-"""`canary demo`: the main job. Brings up a local Ray with the demo config, sends demo traffic from several
-tenants, moves the candidate's weight by editing the config and deploying it again, and shows the live split
-and latency per arm in the terminal.
+"""`canary demo`: the main job. Brings up a local Ray, deploys an automatic rollout of fraud-v2 that walks
+shadow → 5 → 25 → 50 → 100 % on evidence and is promoted, then a bad candidate (+40 % latency for the gold
+tier only) that is rolled back with that segment named; demo traffic with human review scores throughout,
+and a live view of the stage, each gate's verdict and the traffic in the terminal.
 """
 
 from __future__ import annotations
 
 import copy
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +22,42 @@ from rich.table import Table
 
 from rollout.cluster import SERVE_URL, LocalHead, serve_deploy, wait_for
 from rollout.configfile import check_config, load_config
+from rollout.status_view import render_status
 from rollout.traffic import TENANTS, TrafficStats, drive
+from serving.operators import admin_token
+
+DEMO_CONFIG = "configs/demo-rollout.yaml"
+BAD_TIER = "gold"
+
+
+def _ingress_rollout(config: dict[str, Any]) -> dict[str, Any]:
+    for app in config.get("applications", []):
+        for dep in app.get("deployments") or []:
+            if dep.get("name") == "Ingress":
+                rollout: dict[str, Any] = dep.setdefault("user_config", {}).setdefault("rollout", {})
+                return rollout
+    raise KeyError("no Ingress deployment in the config")
 
 
 def with_weight(config: dict[str, Any], weight: float) -> dict[str, Any]:
     """A copy of a canary config whose Ingress ``rollout.candidate_weight`` is ``weight``."""
     config = copy.deepcopy(config)
+    _ingress_rollout(config)["candidate_weight"] = weight
+    return config
+
+
+def bad_candidate(config: dict[str, Any], added_ms: float, tier: str = BAD_TIER) -> dict[str, Any]:
+    """A new rollout of the same config whose candidate is ``added_ms`` slower for one tenant tier only."""
+    config = copy.deepcopy(config)
+    rollout = _ingress_rollout(config)
+    rollout["rollout_id"] = f"{rollout.get('rollout_id') or 'demo'}-bad-{tier}"
     for app in config.get("applications", []):
         for dep in app.get("deployments") or []:
-            if dep.get("name") == "Ingress":
-                dep.setdefault("user_config", {}).setdefault("rollout", {})["candidate_weight"] = weight
+            if dep.get("name") == "candidate":
+                dep.setdefault("user_config", {})["faults"] = {
+                    "latency_ms": round(added_ms, 1),
+                    "segment": {"X-Tenant-Tier": tier},
+                }
     return config
 
 
@@ -62,17 +91,63 @@ def render(stats: TrafficStats, title: str) -> Group:
     return Group(arms, tenants)
 
 
+def _deploy(config: dict[str, Any]) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    try:
+        result = serve_deploy(f.name)
+    finally:
+        Path(f.name).unlink()
+    if result.returncode != 0:
+        raise RuntimeError(f"serve deploy failed: {result.stdout}{result.stderr}")
+
+
+def follow(
+    live: Live, stats: TrafficStats, title: str, done: Callable[[dict[str, Any]], bool], timeout_s: float
+) -> dict[str, Any]:
+    """Redraws the rollout and the traffic each second until ``done(state)`` or the time-out."""
+    deadline = time.monotonic() + timeout_s
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            state = httpx.get(f"{SERVE_URL}/rollout", timeout=10).json()
+        except (httpx.HTTPError, ValueError):
+            state = {}
+        live.update(Group(render_status(state, now=time.time()), render(stats, title)))
+        if state and done(state):
+            break
+        time.sleep(1)
+    return state
+
+
+def _write_report(out: Path, console: Console) -> None:
+    response = httpx.get(
+        f"{SERVE_URL}/admin/report", headers={"Authorization": f"Bearer {admin_token()}"}, timeout=120
+    )
+    if response.status_code != 200:
+        console.print(f"[yellow]report not written: {response.status_code} {response.text[:200]}[/]")
+        return
+    import base64
+
+    data = response.json()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(data["markdown"])
+    (out / "report.html").write_text(data["html"])
+    for name, encoded in data["images"].items():
+        (out / Path(name).name).write_bytes(base64.b64decode(encoded))
+    console.print(f"post-rollout report: {out / 'report.html'}")
+
+
 def run_demo(
-    config_path: str,
+    config_path: str = DEMO_CONFIG,
     *,
-    phase_s: float = 20.0,
-    requests: int = 20_000,
+    stage_timeout_s: float = 900.0,
     concurrency: int = 8,
-    second_weight: float = 50.0,
     keep: bool = False,
     console: Console | None = None,
 ) -> int:
-    """Runs the demo; returns a process exit code (0 when every request was answered 2xx)."""
+    """Runs the demo; returns 0 when the good rollout was promoted, the bad one rolled back naming the
+    gold tier, and every client request was answered 200."""
     console = console or Console()
     config = load_config(config_path)
     check_config(config, source=config_path)
@@ -81,48 +156,73 @@ def run_demo(
     console.print(
         f"[bold]Ray head[/]: {'started' if started_here else 'already running'}; deploying {config_path}"
     )
-    failed = 0
+    stop = threading.Event()
+    stats = TrafficStats()
+    traffic = threading.Thread(
+        target=drive,
+        args=(SERVE_URL,),
+        kwargs={
+            "requests": 10**7,
+            "duration_s": 2 * stage_timeout_s + 120,
+            "concurrency": concurrency,
+            "stats": stats,
+            "stop": stop,
+            "feedback_rate": 1.0,
+        },
+        daemon=True,
+    )
+    ok = False
     try:
-        result = serve_deploy(config_path)
-        if result.returncode != 0:
-            console.print(result.stdout + result.stderr)
-            return 1
+        _deploy(config)
         if not wait_for(f"{SERVE_URL}/healthz", 240):
             console.print("[red]/healthz did not answer 200 within 240 s[/]")
             return 1
-        weight = httpx.get(f"{SERVE_URL}/rollout").json()["candidate_weight"]
-        for phase, target in enumerate((None, second_weight)):
-            if target is not None:
-                console.print(f"\n[bold]Editing candidate_weight {weight} → {target} and deploying again[/]")
-                with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-                    yaml.safe_dump(with_weight(config, target), f, sort_keys=False)
-                t0 = time.monotonic()
-                result = serve_deploy(f.name)
-                Path(f.name).unlink()
-                while httpx.get(f"{SERVE_URL}/rollout").json()["candidate_weight"] != target:
-                    time.sleep(0.1)
-                console.print(
-                    f"routing follows {time.monotonic() - t0:.1f}s after `serve deploy` started "
-                    "(no model replica restarted)"
-                )
-                weight = target
-            title = f"candidate_weight {weight}%"
-            with Live(console=console, refresh_per_second=2) as live:
-                stats = drive(
-                    SERVE_URL,
-                    requests=requests // 2,
-                    duration_s=phase_s,
-                    concurrency=concurrency,
-                    seed=phase,
-                    on_tick=lambda s, title=title: live.update(render(s, title)),
-                )
-                live.update(render(stats, title))
-            failed += stats.total - stats.statuses[200]
+        traffic.start()
+        with Live(console=console, refresh_per_second=1) as live:
+            good = follow(
+                live,
+                stats,
+                "rollout of fraud-v2",
+                lambda s: s.get("stage") in ("promoted", "rolled_back", "closed", "awaiting_review"),
+                stage_timeout_s,
+            )
+        promoted = good.get("outcome") == "promoted"
         console.print(
-            f"\n[bold]{'all requests answered 200' if not failed else f'{failed} requests failed'}[/]"
+            f"\n[bold]{'promoted' if promoted else 'NOT promoted'}[/]: fraud-v2 is at "
+            f"{good.get('candidate_weight')}% after {len(good.get('events', []))} events"
         )
-        return 0 if not failed else 1
+        _write_report(Path("reports") / "demo-good", console)
+
+        p50 = stats.arms["stable"].quantile(0.5) or 50.0
+        added = 0.4 * p50
+        console.print(
+            f"\n[bold]Deploying a bad candidate[/]: +{added:.0f} ms (+40 % of stable's p50 "
+            f"{p50:.0f} ms) for tier {BAD_TIER} only"
+        )
+        _deploy(bad_candidate(config, added))
+        with Live(console=console, refresh_per_second=1) as live:
+            bad = follow(
+                live,
+                stats,
+                f"bad candidate (+40 % latency for {BAD_TIER})",
+                lambda s: s.get("stage") in ("promoted", "rolled_back", "closed", "awaiting_review"),
+                stage_timeout_s,
+            )
+        named = [g["segment"] for g in bad.get("gates", []) if g.get("verdict") == "FAIL"]
+        rolled_back = bad.get("outcome") == "rolled_back"
+        console.print(
+            f"\n[bold]{'rolled back' if rolled_back else 'NOT rolled back'}[/]: failing gates in "
+            f"{sorted(set(named)) or 'none'}; worst segments {bad.get('worse')}"
+        )
+        _write_report(Path("reports") / "demo-bad", console)
+        stop.set()
+        traffic.join(timeout=60)
+        failed = stats.total - stats.statuses[200]
+        console.print(f"[bold]{stats.total} requests, {failed} not answered 200[/]")
+        ok = promoted and rolled_back and any(BAD_TIER in s for s in named) and not failed
+        return 0 if ok else 1
     finally:
+        stop.set()
         if started_here and not keep:
             console.print("stopping the Ray head this demo started")
             head.stop()

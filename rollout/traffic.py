@@ -5,6 +5,7 @@ Traffic goes to loopback only and stops by itself (a request count and a time li
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -96,10 +97,13 @@ def drive(
     stats: TrafficStats | None = None,
     stop: threading.Event | None = None,
     on_tick: Callable[[TrafficStats], None] | None = None,
+    feedback_rate: float = 0.0,
 ) -> TrafficStats:
     """Sends up to ``requests`` demo requests within ``duration_s`` seconds from ``concurrency`` workers.
 
     Each tenant has a pool of users; a user's id is the sticky routing key, so the same user keeps its arm.
+    With ``feedback_rate`` > 0 that share of answers gets a simulated human review score (the same
+    distribution for both arms) through ``POST /feedback``, as a labelling team would send it.
     """
     require_loopback(url)
     stats = stats or TrafficStats()
@@ -131,6 +135,14 @@ def drive(
                 except httpx.HTTPError:
                     status, arm, fallback = 0, None, False
                 stats.record(tenant.name, status, arm, fallback, 1000 * (time.perf_counter() - started))
+                if status == 200 and rng.random() < feedback_rate:
+                    review = {
+                        "request_id": response.headers.get("x-request-id", ""),
+                        "metric": "human_review_score",
+                        "value": round(rng.uniform(0.85, 0.95), 3),
+                    }
+                    with contextlib.suppress(httpx.HTTPError):  # a lost score is a lost label, not a failure
+                        client.post("/feedback", json=review)
 
     with ThreadPoolExecutor(concurrency) as pool:
         futures = [pool.submit(worker, i) for i in range(concurrency)]
