@@ -8,7 +8,6 @@ import argparse
 import sys
 
 from rollout.cluster import SERVE_URL, ClusterError, LocalHead, serve_deploy, serve_status_message, wait_for
-from rollout.configfile import check_config, load_config
 from rollout.operate import OperatorError, add_commands
 from serving.errors import InvalidConfigError
 
@@ -16,6 +15,11 @@ DEFAULT_CONFIG = "configs/demo.yaml"
 
 
 def _validate(path: str) -> None:
+    from rollout.configfile import (  # Ray and torch: only for the commands needing them
+        check_config,
+        load_config,
+    )
+
     check_config(load_config(path), source=path)
 
 

@@ -24,7 +24,7 @@ from rollout.cluster import SERVE_URL, LocalHead, serve_deploy, wait_for
 from rollout.configfile import check_config, load_config
 from rollout.status_view import render_status
 from rollout.traffic import TENANTS, TrafficStats, drive
-from serving.operators import admin_token
+from serving.admintoken import admin_token
 
 DEMO_CONFIG = "configs/demo-rollout.yaml"
 BAD_TIER = "gold"

@@ -46,6 +46,7 @@ MIN_TAIL_SAMPLES = 10  # latency: candidate samples beyond the quantile (n × (1
 # latency tolerance X: a PASS rules out a whole-distribution regression of (1 + LATENCY_SHIFT_POWER × X), as
 # the rate gates rule out twice their limit, and needs the estimates within the tolerance itself
 LATENCY_SHIFT_POWER = 2.0
+MIN_LOCATION_SAMPLES = 50  # the log-location test is asymptotic: each arm needs this many before it counts
 
 
 class MalformedEvidence(ValueError):
@@ -125,6 +126,9 @@ def _alphas(rows: Sequence[tuple[Any, ...] | None]) -> np.ndarray[Any, np.dtype[
 # --- latency: quantile confidence sequences on the log-bucket histogram -----------------------------------
 
 
+_LatencyRow = tuple["Histogram", "Histogram", LatencySketch, LatencySketch, float]
+
+
 def _latency(gate: GateSpec, targets: list[Target], ctx: Context) -> tuple[str, list[Outcome]]:
     q = gate.quantile
     if q is None or not 0.0 < q < 1.0:
@@ -149,20 +153,20 @@ def _latency(gate: GateSpec, targets: list[Target], ctx: Context) -> tuple[str, 
     else:
         raise MalformedEvidence(f"rule {gate.rule!r} does not apply to latency")
 
-    def gather(segment: Segment, level: float) -> tuple[Histogram, Histogram, float] | Outcome:
+    def gather(segment: Segment, level: float) -> _LatencyRow | Outcome:
         s_arm, c_arm = ctx.arm("stable", segment), ctx.arm(ctx.candidate, segment)
         if s_arm is None or c_arm is None or not s_arm.latency.count or not c_arm.latency.count:
             return _nodata("needs latencies from both arms")
         # four tests share the level: the quantile and the location test, each on two arms
         return ctx.hist(s_arm.latency), ctx.hist(c_arm.latency), s_arm.latency, c_arm.latency, level / 4
 
-    def batch(rows: list[tuple[Histogram, Histogram, float] | None]) -> Callable[[int, Any], Outcome]:
+    def batch(rows: list[_LatencyRow | None]) -> Callable[[int, Any], Outcome]:
         levels = _alphas(rows)
         k = len(rows)
         ns = [r[0].n if r else 1 for r in rows] + [r[1].n if r else 1 for r in rows]
         lo, hi = (v.tolist() for v in seq.quantile_ranks(ns, q, np.concatenate([levels, levels])))
 
-        def decide(i: int, row: tuple[Histogram, Histogram, LatencySketch, LatencySketch, float]) -> Outcome:
+        def decide(i: int, row: _LatencyRow) -> Outcome:
             sh, ch, s_sketch, c_sketch, level = row
             s = seq.quantile_interval(sh.edges, sh.cumulative, q, (lo[i], hi[i]))
             c = seq.quantile_interval(ch.edges, ch.cumulative, q, (lo[k + i], hi[k + i]))
@@ -176,6 +180,8 @@ def _latency(gate: GateSpec, targets: list[Target], ctx: Context) -> tuple[str, 
                 lc = seq.asymptotic_mean_cs(*_log_moments(c_sketch), level)
                 ratio_lo, ratio_hi = math.exp(lc.lower - ls.upper), math.exp(lc.upper - ls.lower)
                 ratio = math.exp((lc.estimate or 0.0) - (ls.estimate or 0.0))
+                if min(ch.n, sh.n) < MIN_LOCATION_SAMPLES:  # too few for a central limit: no verdict from it
+                    ratio_lo, ratio_hi = 0.0, math.inf
                 tail_ok = (
                     ch.n * (1.0 - q) >= MIN_TAIL_SAMPLES
                     and ratio <= f

@@ -248,14 +248,15 @@ class RolloutMachine:
                 raise ActionError(
                     f"nothing to acknowledge while {state.phase.value}; the rollout has not ended"
                 )
-            source, state.phase = state.phase, Phase.CLOSED
-            return [_event(state, "closed", now, source, actor, reason, self.stage)]
+            ended: Phase = state.phase
+            state.phase = Phase.CLOSED
+            return [_event(state, "closed", now, ended, actor, reason, self.stage)]
         if action == "set_weight":
             if weight is None or not 0 <= weight <= 100:
                 raise ActionError(f"weight must be a percent in [0, 100], got {weight!r}")
             if state.phase in FINISHED:
                 raise ActionError(f"the rollout is {state.phase.value}; deploy a new rollout to route again")
-            source = state.phase
+            source: Phase = state.phase
             if state.mode == "auto":
                 if state.phase is not Phase.PAUSED:
                     state.paused_from = state.phase
@@ -267,8 +268,9 @@ class RolloutMachine:
         if action == "pause":
             if state.phase not in JUDGED | {Phase.PENDING}:
                 raise ActionError(f"cannot pause while {state.phase.value}")
-            source, state.paused_from, state.phase = state.phase, state.phase, Phase.PAUSED
-            return [_event(state, "paused", now, source, actor, reason, self.stage)]
+            paused_from: Phase = state.phase
+            state.paused_from, state.phase = paused_from, Phase.PAUSED
+            return [_event(state, "paused", now, paused_from, actor, reason, self.stage)]
         if action == "resume":
             if state.phase is not Phase.PAUSED:
                 raise ActionError(f"only a paused rollout resumes; it is {state.phase.value}")

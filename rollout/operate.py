@@ -17,9 +17,8 @@ import httpx
 import yaml
 
 from rollout.cluster import SERVE_URL
-from rollout.configfile import CANARY_IMPORT_PATH, check_config, load_config
 from rollout.status_view import status_text
-from serving.operators import admin_token
+from serving.admintoken import admin_token
 
 
 class OperatorError(RuntimeError):
@@ -95,6 +94,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+CANARY_IMPORT_PATH = "serving.app:build"
+
+
 def next_config(config: dict[str, Any]) -> dict[str, Any]:
     """The config after a promotion: stable := candidate, manual routing at weight 0, no rollout id."""
     result = copy.deepcopy(config)
@@ -127,6 +129,8 @@ def cmd_finalize(args: argparse.Namespace) -> int:
         raise OperatorError(
             "high impact: read and acknowledge the report first (`canary report --acknowledge`)"
         )
+    from rollout.configfile import check_config, load_config  # imports Ray and torch: only when needed
+
     source = Path(args.config)
     target = Path(args.out) if args.out else source.with_name(source.stem + ".next.yaml")
     config = next_config(load_config(source))

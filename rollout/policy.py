@@ -69,7 +69,7 @@ class StageSpec(_Strict):
 
 
 def _stage(min_duration_s: float, min_requests: int, **kind: float) -> StageSpec:
-    return StageSpec(min_duration_s=min_duration_s, min_requests=min_requests, **kind)  # type: ignore[arg-type]
+    return StageSpec(min_duration_s=min_duration_s, min_requests=min_requests, **kind)
 
 
 # Realistic defaults for production traffic (a demo shortens them in its own config).

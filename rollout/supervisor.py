@@ -256,7 +256,7 @@ class RolloutSupervisor:
         key = self.machine.state.key
         if requests:
             self.store.log_requests(
-                key, [(rid, ts, arm, [tuple(s) for s in segs]) for rid, ts, arm, segs in requests]
+                key, [(rid, ts, arm, [(s[0], s[1]) for s in segs]) for rid, ts, arm, segs in requests]
             )
         for rid, metric, value, ts in feedback:
             found = self.store.find_request(rid)

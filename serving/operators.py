@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import hmac
 import math
-import os
-import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from serving.admintoken import admin_token as admin_token
 from serving.http import HTTPProblem
 from serving.segments import Segment
-
-TOKEN_ENV = "CANARY_ADMIN_TOKEN"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TOKEN_FILE = PROJECT_ROOT / ".canary" / "admin-token"
 
 ACTIONS = ("pause", "resume", "promote", "rollback", "set-weight", "acknowledge")
 
@@ -62,22 +56,6 @@ class RequestLog:
                 break
             self._entries.popitem(last=False)
         return self._entries.get(request_id)
-
-
-def admin_token(path: Path = DEFAULT_TOKEN_FILE) -> str:
-    """The admin API's bearer token: ``$CANARY_ADMIN_TOKEN`` when set, else the token file, created with a
-    random token (mode 0600) the first time, so the CLI on the same machine can read it."""
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if token:
-        return token
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
 
 
 def check_bearer(header: str | None, token: str) -> None:

@@ -3,10 +3,12 @@ segment; feedback, the admin API, and a controller that survives SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -138,8 +140,34 @@ def test_feedback_is_joined_or_refused_with_the_field_named(canary: Canary) -> N
         assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == field
 
 
-def test_admin_api_needs_the_token_and_records_who_and_why(canary: Canary) -> None:
-    canary.deploy(auto(canary, "admin-1", stages=[{**s, "min_duration_s": 3600} for s in FAST]))
+class Receiver(BaseHTTPRequestHandler):
+    """A webhook receiver on loopback that keeps every event it is sent."""
+
+    events: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.events.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Any:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    Receiver.events = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+
+
+def test_admin_api_needs_the_token_and_records_who_and_why(canary: Canary, webhook: str) -> None:
+    stages = [{**s, "min_duration_s": 3600} for s in FAST]
+    canary.deploy(auto(canary, "admin-1", stages=stages, webhooks=[{"url": webhook, "retries": 1}]))
     wait_until(lambda: stage_is(canary, "shadow"), 60, what="shadow stage")
     assert canary.http.post("/admin/pause", json={"reason": "x"}).status_code == 401
     assert (
@@ -162,6 +190,10 @@ def test_admin_api_needs_the_token_and_records_who_and_why(canary: Canary) -> No
     assert ("paused", "alice", "ticket 42") in actions and ("rolled_back", "alice", "done testing") in actions
     report = canary.http.get("/admin/report", headers=ADMIN)
     assert report.status_code == 200 and "rolled_back" in report.json()["markdown"]
+    # every transition reached the webhook, with who and why
+    wait_until(lambda: any(e.get("kind") == "rolled_back" for e in Receiver.events), 30, what="webhook")
+    sent = [(e["kind"], e["actor"], e["reason"]) for e in Receiver.events]
+    assert ("paused", "alice", "ticket 42") in sent and ("rolled_back", "alice", "done testing") in sent
 
 
 def test_controller_killed_with_sigkill_resumes_its_stage_and_events(canary: Canary) -> None:

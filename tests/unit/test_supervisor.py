@@ -192,7 +192,9 @@ def test_feedback_joins_the_arm_and_refuses_unknown_ids_and_values(store_path: P
     assert metric.value.field == "metric"
 
 
-def test_replicas_reporting_zero_ooms_are_evidence_and_one_oom_rolls_back(store_path: Path, clock: Clock) -> None:
+def test_replicas_reporting_zero_ooms_are_evidence_and_one_oom_rolls_back(
+    store_path: Path, clock: Clock
+) -> None:
     sup = supervisor(store_path, clock)
     sup.configure(section(promotion_gates={"gpu_oom_events": {"maximum": 0}}), VERSIONS)
     for arm in ("stable", "candidate"):
