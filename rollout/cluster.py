@@ -34,11 +34,24 @@ def ray_cli_env() -> dict[str, str]:
     """The environment for Ray's CLIs. Ray 2.60 writes ``~/.ray/auth_token`` on first start; after that CLI
     calls to a running cluster need ``RAY_AUTH_MODE=token``, which users should never have to know."""
     env = dict(os.environ)
+    # Ray's workers import our packages by name: a PYTHONPATH entry holding a module of the same name (a
+    # `rollout.py` next to a caller's script) would be imported instead, so such entries are left out.
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and not _shadows(Path(p))]
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        env.pop("PYTHONPATH", None)
     if _auth_token_file().exists():
         env.setdefault("RAY_AUTH_MODE", "token")
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def _shadows(path: Path) -> bool:
+    return any(
+        (path / f"{name}.py").exists() or (path / name).is_dir() for name in ("rollout", "serving", "models")
+    )
 
 
 def _cli(name: str) -> str:

@@ -26,3 +26,29 @@ def test_loopback_targets_are_allowed(url):
 def test_other_targets_are_refused(url):
     with pytest.raises(ValueError, match="loopback only"):
         require_loopback(url)
+
+
+def test_pythonpath_entries_that_shadow_our_packages_are_dropped_for_ray(tmp_path, monkeypatch):
+    from rollout.cluster import ray_cli_env
+
+    shadowing, harmless = tmp_path / "checks", tmp_path / "lib"
+    shadowing.mkdir()
+    harmless.mkdir()
+    (shadowing / "rollout.py").write_text("raise SystemExit('the wrong rollout')\n")
+    monkeypatch.setenv("PYTHONPATH", f"{shadowing}:{harmless}")
+    assert ray_cli_env()["PYTHONPATH"] == str(harmless)
+
+
+def test_the_canary_command_runs_ours_under_a_shadowing_pythonpath(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "rollout.py").write_text("raise SystemExit('the wrong rollout')\n")
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from canary_serve.entry import main; sys.exit(main())", "--help"],
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "operators" not in result.stderr and "usage: canary" in result.stdout
