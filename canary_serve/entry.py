@@ -1,6 +1,6 @@
 """The ``canary`` console script. Our top-level packages have common names (``rollout``, ``serving``,
-``models``), so a caller's PYTHONPATH holding a ``rollout.py`` would otherwise be imported instead of ours; the
-acceptance checks' own directory does exactly that, and the CLI then ran the caller's script."""
+``models``), so a caller's PYTHONPATH holding a ``rollout.py`` would otherwise be imported instead of ours;
+the acceptance checks' own directory does exactly that, and the CLI then ran the caller's script."""
 
 from __future__ import annotations
 
