@@ -280,11 +280,16 @@ def _localize(
     if not failed or not segments:
         return results
     upgraded: dict[tuple[str, str], GateResult] = {}
-    level = per_gate / 2 / len(segments)
+    # Each label's values partition the traffic, so the drill-down spends the gate's segment half per label
+    # and, within a label, over the values present.
+    per_label: dict[str, int] = {}
+    for label, _ in segments:
+        per_label[label] = per_label.get(label, 0) + 1
+    levels = {seg: per_gate / 2 / len(per_label) / per_label[seg[0]] for seg in segments}
     for gate in gates:
         if gate.name not in failed or gate.metric in _GLOBAL_ONLY:
             continue
-        _, outcomes = evaluate(gate, [(segment, level) for segment in segments], ctx)
+        _, outcomes = evaluate(gate, [(segment, levels[segment]) for segment in segments], ctx)
         for segment, out in zip(segments, outcomes, strict=True):
             if out.verdict is Verdict.FAIL:
                 upgraded[(gate.name, names[segment])] = GateResult(
@@ -297,7 +302,7 @@ def _localize(
                         "threshold": _finite(gate.threshold),
                         "stable": out.stable,
                         "candidate": out.candidate,
-                        "alpha": level,
+                        "alpha": levels[segment],
                         "reason": f"localized: {out.reason}",
                         **(out.extra or {}),
                     },
