@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from rollout.judge import GateResult, Judgement, Verdict
 
+from rollout.judge import GateResult, Judgement, Verdict
 from rollout.machine import ActionError, Counts, Phase, RolloutMachine, RolloutState
 from rollout.notify import CheckOutcome
 from rollout.policy import RolloutPolicy
