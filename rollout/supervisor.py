@@ -331,7 +331,7 @@ class RolloutSupervisor:
                 self.evidence(),
                 alpha=rollout.alpha,
                 labels=rollout.judge_segments,
-                max_values_per_label=self.config.segments.top_n + 1,  # the named values and "other"
+                max_values_per_label=self.config.segments.top_n + 2,  # the named values, "other", "unset"
             )
             self.judgement = judgement
         check = (

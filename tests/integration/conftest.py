@@ -58,7 +58,17 @@ def serve_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         logging_level="ERROR",
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "CANARY_ADMIN_TOKEN": ADMIN_TOKEN}},
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    for attempt in range(3):
+        # On a loaded 2-core machine Serve may give up on a proxy that is slow to start (it kills and
+        # replaces it); starting again is what an operator would do, so the session does the same.
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            break
+        except ray.exceptions.RayError:
+            if attempt == 2:
+                raise
+            serve.shutdown()
+            time.sleep(5)
     yield port
     serve.shutdown()
     ray.shutdown()
