@@ -151,6 +151,9 @@ def run_demo(
     console = console or Console()
     config = load_config(config_path)
     check_config(config, source=config_path)
+    # A rollout identity that was deployed before resumes where it ended; every demo run is a new rollout.
+    rollout = _ingress_rollout(config)
+    rollout["rollout_id"] = f"{rollout.get('rollout_id') or 'demo'}-{time.strftime('%Y%m%d-%H%M%S')}"
     head = LocalHead()
     started_here = head.start()
     console.print(
