@@ -64,18 +64,25 @@ class Interval(NamedTuple):
     upper: float
 
 
+def _shifted(x: npt.ArrayLike) -> tuple[tuple[int, ...], npt.NDArray[np.intp], Array, Array]:
+    """Flattens ``x`` and shifts its values below 8 up by 8, for the recurrences of `lgamma` and `digamma`:
+    (original shape, indices shifted, their original values, the shifted array)."""
+    flat = np.asarray(x, dtype=np.float64)
+    shape, flat = flat.shape, flat.ravel()
+    small = np.flatnonzero(flat < 8.0)
+    xs = flat[small]
+    y = flat
+    if len(small):
+        y = flat.copy()
+        y[small] = xs + 8.0
+    return shape, small, xs, y
+
+
 def lgamma(x: npt.ArrayLike) -> Array:
     """``log Gamma(x)`` for ``x > 0``, elementwise: values below 8 shifted up by the recurrence, then
     Stirling's series (error within a few ulps of the result). The judge calls it on small arrays, so it
     keeps the number of numpy operations low rather than the number of flops."""
-    x = np.asarray(x, dtype=np.float64)
-    shape, x = x.shape, x.ravel()
-    small = np.flatnonzero(x < 8.0)
-    y = x
-    if len(small):
-        xs = x[small]
-        y = x.copy()
-        y[small] = xs + 8.0
+    shape, small, xs, y = _shifted(x)
     inv = 1.0 / y
     inv2 = inv * inv
     series = inv * (1 / 12 - inv2 * (1 / 360 - inv2 * (1 / 1260 - inv2 / 1680)))
@@ -90,14 +97,7 @@ def lgamma(x: npt.ArrayLike) -> Array:
 def digamma(x: npt.ArrayLike) -> Array:
     """``psi(x)`` for ``x > 0``, elementwise: values below 8 shifted up by the recurrence, then the
     asymptotic series."""
-    x = np.asarray(x, dtype=np.float64)
-    shape, x = x.shape, x.ravel()
-    small = np.flatnonzero(x < 8.0)
-    y = x
-    if len(small):
-        xs = x[small]
-        y = x.copy()
-        y[small] = xs + 8.0
+    shape, small, xs, y = _shifted(x)
     inv2 = 1.0 / (y * y)
     result: Array = np.log(y) - 0.5 / y - inv2 * (1 / 12 - inv2 * (1 / 120 - inv2 / 252))
     if len(small):

@@ -66,6 +66,10 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _controller_silent() -> JSONResponse:
+    return HTTPProblem(503, "controller_unavailable", "the rollout controller did not answer").response()
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one model call gave: an answer that keeps the contract, or why it did not."""
@@ -508,18 +512,19 @@ class Ingress:
         except HTTPProblem as problem:
             return problem.response()
         except TimeoutError:
-            return HTTPProblem(
-                503, "controller_unavailable", "the rollout controller did not answer"
-            ).response()
+            return _controller_silent()
+
+    def _check_admin(self, request: Request) -> None:
+        if self._admin_token is None:
+            self._admin_token = admin_token()
+        check_bearer(request.headers.get("authorization"), self._admin_token)
 
     @app.post("/admin/{action}")
     async def admin(self, action: str, request: Request) -> JSONResponse:
         """Operator actions with a bearer token: pause, resume, promote, rollback, set-weight, acknowledge.
         Each needs ``{"reason": ...}`` (and ``"actor"``; ``"weight"`` for set-weight) and is recorded."""
         try:
-            if self._admin_token is None:
-                self._admin_token = admin_token()
-            check_bearer(request.headers.get("authorization"), self._admin_token)
+            self._check_admin(request)
             if action not in ACTIONS:
                 raise HTTPProblem(
                     404, "unknown_action", f"unknown action {action!r}; expected one of {list(ACTIONS)}"
@@ -533,18 +538,14 @@ class Ingress:
         except HTTPProblem as problem:
             return problem.response()
         except TimeoutError:
-            return HTTPProblem(
-                503, "controller_unavailable", "the rollout controller did not answer"
-            ).response()
+            return _controller_silent()
         return JSONResponse(result, status_code=status)
 
     @app.get("/admin/report")
     async def admin_report(self, request: Request) -> JSONResponse:
         """The post-rollout report as ``{markdown, html, images: {name: base64}}``."""
         try:
-            if self._admin_token is None:
-                self._admin_token = admin_token()
-            check_bearer(request.headers.get("authorization"), self._admin_token)
+            self._check_admin(request)
             if self._controller is None:
                 raise HTTPProblem(503, "controller_unavailable", "no rollout controller yet")
             report = await asyncio.wait_for(self._controller.report.remote(), 60)
