@@ -23,7 +23,7 @@ from models.errors import InjectedFaultError, ModelError
 from models.faults import FaultInjector
 from models.gpu import GpuMonitor
 from models.predictor import Predictor
-from rollout.controller import get_or_create_controller
+from rollout.controller import find_controller
 from serving.config import ModelServerConfig, validate_section
 from serving.errors import InvalidConfigError
 
@@ -99,7 +99,8 @@ class ModelServer:
         self._gpu = GpuMonitor()
         context = serve.get_replica_context()
         self._replica_id = context.replica_id.unique_id
-        self._controller = get_or_create_controller(context.app_name)
+        self._app = context.app_name
+        self._controller: Any = None  # looked up when reporting: the Ingress creates it with its store
         self._reporter: asyncio.Task[None] | None = None
         self._warm_up()
 
@@ -225,12 +226,15 @@ class ModelServer:
         failures = 0
         while True:
             try:
-                await asyncio.wait_for(
-                    self._controller.report_replica.remote(self._arm, self._replica_id, self.report()), 10
-                )
-                failures = 0
+                if self._controller is None:
+                    self._controller = await asyncio.to_thread(find_controller, self._app)
+                if self._controller is not None:
+                    await asyncio.wait_for(
+                        self._controller.report_replica.remote(self._arm, self._replica_id, self.report()), 10
+                    )
+                    failures = 0
             except Exception as exc:  # the controller restarts: report again next time, say so rarely
-                failures += 1
+                self._controller, failures = None, failures + 1  # looked up again: it may have been replaced
                 if failures in (1, 10, 100):
                     logger.warning(
                         "%s: report to the rollout controller failed %d time(s): %r", self._arm, failures, exc

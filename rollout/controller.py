@@ -182,6 +182,15 @@ async def _retire(notifier: Notifier) -> None:
     await notifier.aclose()
 
 
+def find_controller(app: str) -> Any | None:
+    """The application's controller if the Ingress has created it, else None. Only the Ingress creates it,
+    because only the Ingress's config knows the store path; model replicas look it up when they report."""
+    try:
+        return ray.get_actor(controller_name(app), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
 def get_or_create_controller(
     app: str, store_path: str = ".canary/rollout.db", retention: dict[str, Any] | None = None
 ) -> Any:

@@ -3,6 +3,7 @@ segment; feedback, the admin API, and a controller that survives SIGKILL."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 import ray
-from conftest import ADMIN_TOKEN, Canary, deployment, wait_until
+from conftest import ADMIN_TOKEN, STORE, Canary, deployment, wait_until
 
 from rollout.controller import NAMESPACE, controller_name
 
@@ -104,11 +105,20 @@ def test_a_good_candidate_is_promoted_and_a_bad_tier_is_rolled_back(canary: Cana
     assert all(g["verdict"] == "PASS" for g in gates.values())
     assert state["propagation_ms"]["count"] >= 1  # tables were pushed to the Ingress and timed
 
+    # The faulty build goes out first with no traffic, then its rollout starts, as a new version would: the
+    # rollout then judges that build alone, not answers the replica gave before its config changed.
     bad = auto(canary, "bad-gold-1")
     deployment(bad, "candidate")["user_config"]["faults"] = {
         "latency_ms": 300,
         "segment": {"X-Tenant-Tier": "gold"},
     }
+    staged = copy.deepcopy(bad)
+    deployment(staged, "Ingress")["user_config"]["rollout"].update(
+        mode="manual", candidate_weight=0, shadow_percent=0
+    )
+    canary.deploy(staged)
+    wait_until(lambda: canary.replica_info("candidate")["faults_active"], 60, what="faulty build deployed")
+    wait_until(lambda: stage_is(canary, "manual"), 60, what="manual routing")
     canary.deploy(bad)
     state = wait_until(lambda: stage_is(canary, "rolled_back"), 240, every=1, what="rolled back")
     assert (state["candidate_weight"], state["shadow_percent"]) == (0, 0)
@@ -213,3 +223,6 @@ def test_controller_killed_with_sigkill_resumes_its_stage_and_events(canary: Can
     assert after["stage"] == before["stage"] == "shadow"
     assert after["shadow_percent"] == 100 and after["events_total"] >= before["events_total"]
     assert after["rollout_key"] == before["rollout_key"]
+    # it resumed from the configured store, not from a default path a model replica could have named first
+    store = ray.get(actor.__ray_call__.remote(lambda self: str(self._core.store.path)), timeout=30)
+    assert store == STORE["path"] and os.path.exists(store)
