@@ -145,11 +145,19 @@ class RolloutController:
             "rollout": core.view(),
         }
 
+    async def series(self) -> list[dict[str, Any]]:
+        """Per-arm numbers over time (`rollout.series.ArmSeries.points`)."""
+        self._ensure_loop()
+        return self._core.telemetry.series.points()
+
     async def metrics(self, rollout: dict[str, Any]) -> bytes:
         self._ensure_loop()
         s = self._core.telemetry
         s.expire(time.time())
-        return SnapshotCollector(self._app, s.total, rollout, s.replica_reports(), s.per_arm()).render()
+        verdicts = self._core.gates()[0]
+        return SnapshotCollector(
+            self._app, s.total, rollout, s.replica_reports(), s.per_arm(), verdicts
+        ).render()
 
     async def feedback(self, request_id: str, metric: str, value: float) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body). An id the Ingress has not flushed yet gets ~2 s to arrive before a 404."""

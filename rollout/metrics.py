@@ -149,10 +149,12 @@ class SnapshotCollector(Collector):
         stage.add_metric([app, str(r.get("stage", "")), str(r.get("mode", ""))], 1)
         yield stage
         gates = GaugeMetricFamily(
-            "canary_gate_verdict", "1 for each gate's current verdict.", labels=["app", "gate", "verdict"]
+            "canary_gate_verdict",
+            "1 for each gate's current verdict, per segment judged ('all' is the whole traffic).",
+            labels=["app", "gate", "segment", "verdict"],
         )
         for v in self.verdicts:
-            gates.add_metric([app, str(v["gate"]), str(v["verdict"])], 1)
+            gates.add_metric([app, str(v["gate"]), str(v.get("segment", "all")), str(v["verdict"])], 1)
         yield gates
 
         yield from self._replica_metrics(app)

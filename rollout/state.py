@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rollout.series import ArmSeries
 from serving.segments import ALL
 from serving.telemetry import Window
 
@@ -35,12 +36,14 @@ class TelemetryState:
     restarts: dict[str, int] = field(default_factory=dict)
     _pending_lost: dict[str, list[float]] = field(default_factory=dict)
     _gone: dict[str, int] = field(default_factory=dict)  # replica id -> OOMs already counted from it
+    series: ArmSeries = field(default_factory=ArmSeries)  # per-arm numbers over time, for the charts
 
     def ingest(self, replica_id: str, window: Window, in_flight: int, now: float) -> None:
         """Adds one Ingress replica's window (its counts since its previous report)."""
         if self.total.empty():
             self.total.start = window.start
         self.total.merge(window)
+        self.series.add(window, now)
         self.ingress[replica_id] = {"last_seen": now, "in_flight": in_flight}
 
     def report_replica(self, arm: str, replica_id: str, report: dict[str, Any], now: float) -> None:
@@ -103,10 +106,13 @@ class TelemetryState:
                 {
                     "label": label,
                     "value": value,
-                    **{
-                        arm: w.arm(arm, (label, value)).summary() for arm in ("stable", "candidate", "shadow")
+                    "stable": w.arm("stable", (label, value)).summary(),
+                    "candidate": w.arm("candidate", (label, value)).summary(),
+                    # as at the top level: the mirrored pairs, with the candidate's answers to them as stats
+                    "shadow": {
+                        **w.shadow_in((label, value)).summary(),
+                        "stats": w.arm("shadow", (label, value)).summary(),
                     },
-                    "shadow": w.shadow_in((label, value)).summary(),
                 }
                 for label, value in w.segments()
             ],

@@ -110,7 +110,10 @@ class RolloutSupervisor:
             return
         self.config, self.versions, self._hash = config, record.policy["versions"], record.policy["hash"]
         self.machine = RolloutMachine(config.rollout, state)
-        self.window = self.store.merged_window(record.key)
+        self.window = Window()
+        for _, window in self.store.windows(record.key):
+            self.window.merge(window)
+            self.telemetry.series.add(window, window.end or window.start)  # the charts keep its history
         self._load_final_evidence()
         self._set_webhooks(config.rollout.webhooks)
         state.table_version += 1  # every Ingress re-reads the table after a restart

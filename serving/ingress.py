@@ -25,6 +25,7 @@ from models.inputs import parse_request
 from models.server import ModelOverloadedError
 from rollout.controller import get_or_create_controller
 from serving.config import IngressConfig, validate_section
+from serving.dashboard import asset
 from serving.errors import InvalidConfigError
 from serving.fields import extract
 from serving.http import HTTPProblem, parse_json, read_body
@@ -571,3 +572,29 @@ class Ingress:
                 503, "controller_unavailable", f"the rollout controller did not answer: {exc!r}"
             ).response()
         return Response(content=text, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/rollout/series")
+    async def rollout_series(self) -> JSONResponse:
+        """Each arm's requests, latency quantiles and error rate over time (the dashboard's charts)."""
+        self._ensure_tasks()
+        try:
+            points = await asyncio.wait_for(self._controller.series.remote(), 10)
+        except Exception:
+            return _controller_silent()
+        return JSONResponse({"points": points})
+
+    @app.get("/dashboard")
+    async def dashboard(self) -> Response:
+        """One page, stable and candidate side by side, live (see serving/static)."""
+        return self._asset("index.html")
+
+    @app.get("/dashboard/{name}")
+    async def dashboard_asset(self, name: str) -> Response:
+        return self._asset(name)
+
+    def _asset(self, name: str) -> Response:
+        found = asset(name)
+        if found is None:
+            return HTTPProblem(404, "not_found", f"no dashboard file {name!r}").response()
+        body, media_type = found
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})

@@ -17,26 +17,6 @@ from benchmarks.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = str(Path(sys.executable).parent / "canary")
-SERVE = "http://127.0.0.1:8000"
-
-
-def _port_taken(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-@pytest.fixture(scope="module")
-def demo():
-    if _port_taken(8000) or _port_taken(8265):
-        pytest.skip("a Ray or Serve already listens on 127.0.0.1:8000/8265 (a running `make up`?)")
-    up = subprocess.run([CANARY, "up"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield SERVE
-    finally:
-        subprocess.run([CANARY, "down"], cwd=ROOT, capture_output=True, timeout=300, check=False)
 
 
 @pytest.fixture

@@ -97,6 +97,10 @@ def test_metrics_text_parses_and_has_arms_histogram_and_counters():
             {"candidate_weight": 5, "shadow_percent": 10, "stage": "manual", "mode": "manual"},
             state.replica_reports(),
             state.per_arm(),
+            [
+                {"gate": "latency_p95_ms", "segment": "all", "verdict": "FAIL"},
+                {"gate": "latency_p95_ms", "segment": "tier=gold", "verdict": "FAIL"},
+            ],
         )
         .render()
         .decode()
@@ -116,3 +120,5 @@ def test_metrics_text_parses_and_has_arms_histogram_and_counters():
         if s.labels.get("outcome") == "error" and s.labels["arm"] == "candidate"
     ]
     assert errors and errors[0].value == 50 and errors[0].labels["value"] == "acme"
+    verdicts = {(v.labels["segment"], v.labels["verdict"]) for v in families["canary_gate_verdict"].samples}
+    assert verdicts == {("all", "FAIL"), ("tier=gold", "FAIL")}

@@ -131,6 +131,9 @@ def test_restart_resumes_stage_weights_events_and_evidence(store_path: Path, clo
         assert after[key] == before[key], key
     assert again.table()["version"] > sup.table()["version"]  # every Ingress re-reads the table
     assert again.window.arm("shadow").requests == sup.window.arm("shadow").requests
+    # the dashboard's charts keep the rollout's history across the restart
+    charted = sum(p["arms"].get("shadow", {}).get("requests", 0) for p in again.telemetry.series.points())
+    assert charted == sup.window.arm("shadow").requests > 0
     # the same config deployed again resumes; it does not start over
     again.configure(section(), VERSIONS)
     assert again.view()["stage"] == before["stage"] and again.view()["events_total"] == before["events_total"]
