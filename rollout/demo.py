@@ -180,6 +180,7 @@ def run_demo(
         if not wait_for(f"{SERVE_URL}/healthz", 240):
             console.print("[red]/healthz did not answer 200 within 240 s[/]")
             return 1
+        console.print(f"dashboard: {SERVE_URL}/dashboard  (open it to watch both rollouts side by side)")
         traffic.start()
         with Live(console=console, refresh_per_second=1) as live:
             good = follow(
