@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/demo.yaml
 DEMO_CONFIG ?= configs/demo-rollout.yaml
+# Flags for `make bench`, e.g. BENCH_ARGS=--quick, or BENCH_ARGS="--models text --concurrency 1,32".
+BENCH_ARGS ?=
 # A PYTHONPATH from the caller could shadow our top-level packages (serving, models, rollout) in the CLI and in
 # every Ray worker the head starts; the project's own venv has everything it needs.
 unexport PYTHONPATH
@@ -41,6 +43,9 @@ lint: setup  ## ruff (lint + format check) on everything, mypy on the pure core
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+bench: setup  ## throughput: raw model vs plain Ray Serve vs canary-serve, side by side -> benchmarks/results
+	$(VENV)/bin/canary bench $(BENCH_ARGS)
 
 artifacts: setup  ## retrain the example models deterministically into models/artifacts
 	$(PY) -m models.train

@@ -11,7 +11,6 @@ import platform
 import random
 import socket
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,8 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
+
+from benchmarks import loadgen
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -143,49 +143,26 @@ def closed_loop(
     path: str = "/predict",
 ) -> LoadResult:
     """``concurrency`` clients each send one request at a time for ``duration_s`` (after a warm-up);
-    loopback only, bounded by ``max_requests``."""
-    if not url.startswith(("http://127.", "http://localhost")):
-        raise ValueError(f"load goes to loopback only, got {url}")
-    latencies: list[float] = []
-    failures = [0]
-    lock = threading.Lock()
-    start = time.monotonic() + warmup_s
-    end = start + duration_s
-    sent = [0]
-
-    def client(i: int) -> None:
-        rng = random.Random(i)
-        with httpx.Client(base_url=url, timeout=60) as http:
-            while True:
-                now = time.monotonic()
-                if now >= end:
-                    return
-                with lock:
-                    if sent[0] >= max_requests:
-                        return
-                    sent[0] += 1
-                t0 = time.perf_counter()
-                r = http.post(path, json=body(rng), headers={"X-Routing-Key": f"u{rng.getrandbits(40)}"})
-                elapsed = time.perf_counter() - t0
-                if now >= start:
-                    with lock:
-                        latencies.append(elapsed)
-                        failures[0] += r.status_code != 200
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    n = len(latencies)
+    loopback only, bounded by ``max_requests``. `benchmarks.loadgen.closed_loop` runs it; failures
+    (non-2xx, transport errors, unanswered at the end) are counted together in ``non_2xx``."""
+    r = loadgen.closed_loop(
+        url,
+        body,
+        concurrency=concurrency,
+        duration_s=duration_s,
+        max_requests=max_requests,
+        warmup_s=warmup_s,
+        path=path,
+        timeout_s=60,
+    )
     return LoadResult(
-        requests=n,
-        non_2xx=failures[0],
-        seconds=duration_s,
-        throughput=n / duration_s,
-        p50_ms=1000 * quantile(latencies, 0.5),
-        p95_ms=1000 * quantile(latencies, 0.95),
-        p99_ms=1000 * quantile(latencies, 0.99),
+        requests=r.requests,
+        non_2xx=r.non_2xx + r.errors + r.incomplete,
+        seconds=r.seconds,
+        throughput=r.throughput,
+        p50_ms=r.p50_ms,
+        p95_ms=r.p95_ms,
+        p99_ms=r.p99_ms,
     )
 
 
@@ -198,19 +175,23 @@ def median_result(results: list[LoadResult]) -> dict[str, float]:
     return out
 
 
-def write_results(name: str, payload: dict[str, Any], table: str) -> tuple[Path, Path]:
-    """Writes ``benchmarks/results/<name>-<machine>-<date>.{json,md}``; returns both paths."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(
+    name: str, payload: dict[str, Any], table: str, directory: Path | None = None
+) -> tuple[Path, Path]:
+    """Writes ``<directory>/<name>-<machine>-<date>.{json,md}`` (``benchmarks/results`` by default); returns
+    both paths."""
+    directory = directory or RESULTS
+    directory.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{machine_slug()}-{dt.date.today().isoformat()}"
     meta = {
         "benchmark": name,
         "machine": machine(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    json_path = RESULTS / f"{stem}.json"
+    json_path = directory / f"{stem}.json"
     json_path.write_text(json.dumps({**meta, **payload}, indent=2, default=_plain) + "\n")
     m = meta["machine"]
-    md_path = RESULTS / f"{stem}.md"
+    md_path = directory / f"{stem}.md"
     md_path.write_text(
         f"# {name}\n\nMachine: {m['cores']} cores ({m['cpu']}), GPU: {m['gpu']}, Python {m['python']}; "
         f"{meta['date']}.\n\n{table}\n"

@@ -1,5 +1,5 @@
-"""The ``canary`` command: ``up``, ``down``, ``deploy``, ``validate``, ``demo``, ``traffic``, and the
-operators' commands in `rollout.operate` (``status``, ``pause``, ``resume``, ``promote``, ``rollback``,
+"""The ``canary`` command: ``up``, ``down``, ``deploy``, ``validate``, ``demo``, ``traffic``, ``bench``, and
+the operators' commands in `rollout.operate` (``status``, ``pause``, ``resume``, ``promote``, ``rollback``,
 ``set-weight``, ``acknowledge``, ``report``, ``finalize``)."""
 
 from __future__ import annotations
@@ -88,6 +88,21 @@ def cmd_traffic(args: argparse.Namespace) -> int:
     return 0 if stats.statuses[200] == stats.total else 1
 
 
+def cmd_bench(argv: list[str]) -> int:
+    try:
+        from benchmarks.bench import main as bench  # Ray and torch: only when it runs
+    except ModuleNotFoundError as exc:
+        if exc.name != "benchmarks":
+            raise
+        print(
+            "error: `canary bench` runs the suite in benchmarks/, which ships with a source checkout of "
+            "canary-serve, not with an installed package; run it from the checkout (`make bench`)",
+            file=sys.stderr,
+        )
+        return 2
+    return bench(argv, prog="canary bench")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="canary", description="canary-serve: model rollouts on Ray Serve")
     sub = p.add_subparsers(dest="command", required=True)
@@ -125,11 +140,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, default=30.0)
     s.add_argument("--concurrency", type=int, default=8)
     s.set_defaults(func=cmd_traffic)
+
+    s = sub.add_parser(
+        "bench",
+        help="the throughput suite: raw model vs plain Ray Serve vs canary-serve (`canary bench -h`)",
+        add_help=False,
+    )
+    s.add_argument("args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=lambda a: cmd_bench(a.args))
     add_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its flags are the suite's own, parsed by benchmarks.bench
+        return cmd_bench(argv[1:])
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
