@@ -18,7 +18,13 @@ from pydantic_core import ErrorDetails
 from models.artifact import InputSchema
 from models.errors import InvalidInputError
 
-_StrictFiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# Beyond this a model's arithmetic overflows (found by fuzzing: 7e39 made a logit infinite and the
+# confidence NaN), so larger magnitudes are refused as input, not answered with nonsense.
+MAX_FEATURE_MAGNITUDE = 1e30
+_StrictFiniteNumber = Annotated[
+    float,
+    Field(strict=True, allow_inf_nan=False, ge=-MAX_FEATURE_MAGNITUDE, le=MAX_FEATURE_MAGNITUDE),
+]
 
 
 @lru_cache(maxsize=64)
@@ -33,7 +39,7 @@ def _request_model(kind: str, length: int | None, max_chars: int | None) -> type
                 Field(
                     min_length=length,
                     max_length=length,
-                    description=f"Exactly {length} finite JSON numbers.",
+                    description=f"Exactly {length} finite JSON numbers within ±{MAX_FEATURE_MAGNITUDE:g}.",
                 ),
             ),
         )
@@ -104,6 +110,8 @@ def _message(schema: InputSchema, error: ErrorDetails) -> str:
         kind == "float_type" and isinstance(value, int | float) and not isinstance(value, bool)
     ):
         return f"must be a finite number, got {_json_repr(value)}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        return f"must be within ±{MAX_FEATURE_MAGNITUDE:g}, got {_json_repr(value)}"
     if kind == "float_type":
         return f"must be a JSON number, got {_json_type(value)} ({_json_repr(value)})"
     if kind == "string_type":

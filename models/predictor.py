@@ -99,7 +99,8 @@ class Predictor:
             return []
         x = self.encode(inputs)
         with torch.inference_mode():
-            probs = torch.softmax(self.module(x).float(), dim=-1).cpu().double()
+            # in float64: float32 would turn a large logit into inf and the confidence into NaN
+            probs = torch.softmax(self.module(x).double(), dim=-1).cpu()
         labels = self.metadata.labels
         if self._positive is not None:
             p_pos = probs[:, self._positive]

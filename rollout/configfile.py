@@ -48,6 +48,10 @@ def check_config(config: dict[str, Any], source: str = "config") -> None:
             key = ".".join(str(p) for p in err["loc"])
             errors.append(ConfigError(key, str(err["msg"]).removeprefix("Value error, ")))
         raise InvalidConfigError(source, errors) from None
+    except Exception as exc:  # some of Ray's validators assume mappings and crash on other shapes
+        raise InvalidConfigError(
+            source, [ConfigError(_shape_error_key(config), f"Ray Serve cannot read it ({exc})", "a mapping")]
+        ) from None
     for i, app in enumerate(config.get("applications") or []):
         if app.get("import_path") != CANARY_IMPORT_PATH:
             continue
@@ -77,6 +81,22 @@ def check_config(config: dict[str, Any], source: str = "config") -> None:
                 errors += [_prefixed(f"{where}.deployments[{name}].user_config.", e) for e in exc.errors]
     if errors:
         raise InvalidConfigError(source, errors)
+
+
+def _shape_error_key(config: Any) -> str:
+    """The first place where a mapping was expected and something else was found (for errors Ray's own
+    validators raise instead of naming the key)."""
+    apps = config.get("applications") if isinstance(config, dict) else None
+    for i, app in enumerate(apps if isinstance(apps, list) else []):
+        if not isinstance(app, dict):
+            return f"applications[{i}]"
+        for j, dep in enumerate(app.get("deployments") or []):
+            if not isinstance(dep, dict):
+                return f"applications[{i}].deployments[{j}]"
+            for key, value in dep.items():
+                if key.endswith("_config") and key != "user_config" and not isinstance(value, dict | None):
+                    return f"applications[{i}].deployments[{j}].{key}"
+    return "(root)"
 
 
 def _prefixed(prefix: str, error: ConfigError) -> ConfigError:

@@ -117,6 +117,13 @@ class IngressConfig(_Strict):
     contract: ContractSection = Field(default_factory=ContractSection, description="the output contract")
     segments: SegmentsSection = Field(default_factory=SegmentsSection, description="segment labels")
     fields: tuple[FieldSpec, ...] = Field((), description="answer fields compared per arm (mean or rate)")
+    admin_token_file: str | None = Field(
+        None,
+        min_length=1,
+        description="file holding the admin bearer token (read when an admin call arrives); default: "
+        "$CANARY_ADMIN_TOKEN, else .canary/admin-token, created by `make up`. A named file that is missing "
+        "or empty disables admin actions (503), it never opens them",
+    )
 
     @field_validator("fields")
     @classmethod

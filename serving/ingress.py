@@ -5,6 +5,7 @@ output contract (falling back to stable when the candidate fails it) and labels 
 import asyncio
 import base64
 import logging
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -24,12 +25,23 @@ from models.errors import InvalidInputError
 from models.inputs import parse_request
 from models.server import ModelOverloadedError
 from rollout.controller import get_or_create_controller
+from serving.admintoken import TOKEN_ENV
 from serving.config import IngressConfig, validate_section
 from serving.dashboard import asset
 from serving.errors import InvalidConfigError
 from serving.fields import extract
 from serving.http import HTTPProblem, parse_json, read_body
-from serving.operators import ACTIONS, RequestLog, admin_token, check_bearer, parse_action, parse_feedback
+from serving.openapi import document
+from serving.operators import (
+    ACTIONS,
+    RequestLog,
+    admin_token,
+    check_bearer,
+    check_request_id,
+    parse_action,
+    parse_feedback,
+    token_from_file,
+)
 from serving.routing import Arm, RoutingTable
 from serving.segments import ALL, Segment, SegmentExtractor
 from serving.shadow import ShadowMirror
@@ -39,6 +51,7 @@ logger = logging.getLogger("ray.serve")
 
 FLUSH_INTERVAL_S = 1.0
 WATCH_TIMEOUT_S = 30.0  # a long poll returns at least this often, so a replica notices a restarted controller
+FORCE_ARM_HEADER = "X-Canary-Force-Arm"  # an operator's probe of one arm (admin token required)
 MAX_PENDING_ROWS = 100_000  # request-log rows kept for the controller while it is unreachable
 
 # Headers a model replica never needs to see (fault injection scopes by the others).
@@ -65,6 +78,15 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         {"error": "internal", "detail": "unexpected error; see the Ingress log"}, status_code=500
     )
+
+
+def _forced_arm(value: str) -> Arm:
+    try:
+        return Arm(value.strip().lower())
+    except ValueError:
+        raise HTTPProblem(
+            422, "invalid_input", [{"field": FORCE_ARM_HEADER, "message": "expected stable or candidate"}]
+        ) from None
 
 
 def _controller_silent() -> JSONResponse:
@@ -249,22 +271,30 @@ class Ingress:
         self._ensure_tasks()
         try:
             rollout = self._config.rollout
+            check_request_id(request.headers.get("x-request-id"))
             raw = await read_body(request, rollout.max_body_bytes)
             body = parse_json(raw)
             try:
                 inputs = parse_request(self._input_schema, body)
             except InvalidInputError as exc:
                 raise HTTPProblem(422, "invalid_input", exc.errors) from None
-            arm = self._table.choose(self._routing_key(request, body), self._rng)
             headers = {k: v for k, v in request.headers.items() if k not in _PRIVATE_HEADERS}
-            segments = self._segments.segments(headers, body, request.url.path, len(raw))
-            outcome, fallback_reason = await self._serve(arm, inputs, headers, segments)
+            forced = request.headers.get(FORCE_ARM_HEADER)
+            if forced is not None:
+                # an operator's probe of one arm: token required, no fallback, kept out of the numbers
+                self._check_admin(request)
+                outcome, fallback_reason = await self._call(_forced_arm(forced), inputs, headers), None
+            else:
+                arm = self._table.choose(self._routing_key(request, body), self._rng)
+                segments = self._segments.segments(headers, body, request.url.path, len(raw))
+                outcome, fallback_reason = await self._serve(arm, inputs, headers, segments)
             if not outcome.ok:
                 raise self._failure(outcome)
         except HTTPProblem as problem:
             return problem.response()
         assert outcome.output is not None
-        self._log_request(outcome.arm.value, segments)
+        if forced is None:
+            self._log_request(outcome.arm.value, segments)
         answer_headers = {
             "X-Model-Version": str(outcome.output["model_version"]),
             "X-Canary-Arm": outcome.arm.value,
@@ -516,14 +546,38 @@ class Ingress:
             return _controller_silent()
 
     def _check_admin(self, request: Request) -> None:
-        if self._admin_token is None:
-            self._admin_token = admin_token()
-        check_bearer(request.headers.get("authorization"), self._admin_token)
+        """401/403 unless the request carries the admin token; 503 when a configured token file is missing
+        or empty (admin actions are then disabled, never open)."""
+        path = self._config.admin_token_file
+        if path is not None and not os.environ.get(TOKEN_ENV, "").strip():
+            token = token_from_file(path)
+            if token is None:
+                raise HTTPProblem(
+                    503, "admin_disabled", f"admin actions are off: no token in {path!r} (admin_token_file)"
+                )
+        else:
+            if self._admin_token is None:
+                self._admin_token = admin_token()
+            token = self._admin_token
+        check_bearer(request.headers.get("authorization"), token)
 
     @app.post("/admin/{action}")
     async def admin(self, action: str, request: Request) -> JSONResponse:
         """Operator actions with a bearer token: pause, resume, promote, rollback, set-weight, acknowledge.
         Each needs ``{"reason": ...}`` (and ``"actor"``; ``"weight"`` for set-weight) and is recorded."""
+        return await self._act(action, request)
+
+    @app.post("/rollout/{action}")
+    async def rollout_action(self, action: str, request: Request) -> JSONResponse:
+        """The same actions under ``/rollout``: POST /rollout/pause, /resume, /promote, /rollback."""
+        return await self._act(action, request)
+
+    @app.put("/rollout/weight")
+    async def rollout_weight(self, request: Request) -> JSONResponse:
+        """``{"weight", "reason"}``: set the candidate's weight (the admin action set-weight)."""
+        return await self._act("set-weight", request)
+
+    async def _act(self, action: str, request: Request) -> JSONResponse:
         try:
             self._check_admin(request)
             if action not in ACTIONS:
@@ -598,3 +652,9 @@ class Ingress:
             return HTTPProblem(404, "not_found", f"no dashboard file {name!r}").response()
         body, media_type = found
         return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/openapi.json")
+    async def openapi(self) -> JSONResponse:
+        """This Ingress's HTTP surface (OpenAPI 3.0), with the model's input length."""
+        schema = self._input_schema
+        return JSONResponse(document(schema.length if schema.kind == "features" else None))

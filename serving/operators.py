@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hmac
 import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from serving.admintoken import admin_token as admin_token
@@ -56,6 +58,29 @@ class RequestLog:
                 break
             self._entries.popitem(last=False)
         return self._entries.get(request_id)
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def check_request_id(request_id: str | None) -> None:
+    """A client may choose its request id (Serve keeps a sent ``X-Request-Id``), but only in a safe format:
+    1–128 characters of letters, digits and ``._:-``, so ids stay joinable and printable."""
+    if request_id and not REQUEST_ID.fullmatch(request_id):
+        raise HTTPProblem(
+            400,
+            "invalid_request_id",
+            [{"field": "X-Request-Id", "message": "1–128 characters: letters, digits and ._:- (or omit it)"}],
+        )
+
+
+def token_from_file(path: str) -> str | None:
+    """The token in a file named by config; None when the file is missing, unreadable or empty."""
+    try:
+        token = Path(path).expanduser().read_text().strip()
+    except OSError:
+        return None
+    return token or None
 
 
 def check_bearer(header: str | None, token: str) -> None:

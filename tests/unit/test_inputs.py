@@ -105,3 +105,17 @@ def test_request_model_is_cached_and_documents_the_schema() -> None:
     schema = model.model_json_schema()
     assert schema["properties"]["features"]["minItems"] == 30
     assert schema["properties"]["features"]["maxItems"] == 30
+
+
+def test_features_beyond_the_computable_range_are_refused_naming_the_index():
+    from models.artifact import InputSchema
+    from models.errors import InvalidInputError
+    from models.inputs import parse_request
+
+    schema = InputSchema(kind="features", length=3)
+    assert parse_request(schema, {"features": [0, -1e30, 1e30]})["features"][2] == 1e30
+    with pytest.raises(InvalidInputError) as refused:
+        parse_request(schema, {"features": [0, 1, 7.018616937207078e39]})  # found by fuzzing: a NaN answer
+    assert refused.value.errors == [
+        {"field": "features.2", "message": "must be within ±1e+30, got 7.018616937207078e+39"}
+    ]
