@@ -6,6 +6,7 @@ fake clock and a temporary SQLite file; `rollout.controller` is the thin Ray act
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from serving.telemetry import Window
 logger = logging.getLogger("canary.controller")
 
 PERSIST_EVERY_S = 5.0  # per-window aggregates go to the store this often
+MAX_UNSTORED_WRITES = 100_000  # request-log and feedback batches kept while the store cannot be written
 EVENTS_SHOWN = 200
 FEEDBACK_RANGE = (0.0, 1.0)
 
@@ -93,6 +95,12 @@ class RolloutSupervisor:
         self._gpu_peak: dict[str, float] = {}
         self._reported_arms: set[str] = set()
         self.on_table: Callable[[dict[str, Any]], None] = lambda table: None
+        # Store health: while writes fail, promotion is frozen (nothing advances on evidence that cannot be
+        # kept), rollback still acts, and what could not be written waits here, in order, bounded.
+        self.store_error: str | None = None
+        self.store_failed_since: float | None = None
+        self._unstored_events: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        self._unstored_rows: list[Callable[[], None]] = []
         self._resume()
 
     # --- start-up ------------------------------------------------------------------------------------------
@@ -258,14 +266,47 @@ class RolloutSupervisor:
         self._unsaved.merge(delta)
         key = self.machine.state.key
         if requests:
-            self.store.log_requests(
-                key, [(rid, ts, arm, [(s[0], s[1]) for s in segs]) for rid, ts, arm, segs in requests]
-            )
-        for rid, metric, value, ts in feedback:
-            found = self.store.find_request(rid)
-            self.store.add_feedback(
-                found.key if found else key, rid, found.arm if found else "?", metric, value, ts
-            )
+            rows = [(rid, ts, arm, [(s[0], s[1]) for s in segs]) for rid, ts, arm, segs in requests]
+            self._write(lambda: self.store.log_requests(key, rows))
+        for row in feedback:
+            self._write(functools.partial(self._add_feedback, key, *row))
+
+    def _add_feedback(self, key: str, rid: str, metric: str, value: float, ts: float) -> None:
+        found = self.store.find_request(rid)
+        self.store.add_feedback(
+            found.key if found else key, rid, found.arm if found else "?", metric, value, ts
+        )
+
+    def _write(self, write: Callable[[], None]) -> None:
+        """A request-log or feedback write: done now, or kept (in order, bounded) while the store fails."""
+        if self.store_error is None:
+            try:
+                write()
+                return
+            except Exception as exc:
+                self._store_failed(exc)
+        if len(self._unstored_rows) < MAX_UNSTORED_WRITES:
+            self._unstored_rows.append(write)
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self.store_error is None:
+            self.store_failed_since = self.clock()
+            logger.error("the rollout store cannot be written (%r): promotion is frozen until it can", exc)
+        self.store_error = f"{type(exc).__name__}: {exc}"
+
+    def _flush_unstored(self) -> None:
+        """Writes what waited while the store failed (raises if it still fails); then notifies the events."""
+        while self._unstored_rows:
+            self._unstored_rows[0]()
+            self._unstored_rows.pop(0)
+        while self._unstored_events:
+            key, state, event = self._unstored_events[0]
+            event["seq"] = self.store.save_state_and_event(key, state, event)
+            self._unstored_events.pop(0)
+            self._notify(key, event)
+        if self.store_error is not None:
+            logger.info("the rollout store is writable again after %s", self.store_error)
+        self.store_error = self.store_failed_since = None
 
     def report_replica(self, arm: str, replica_id: str, report: dict[str, Any]) -> None:
         self.telemetry.report_replica(arm, replica_id, report, self.clock())
@@ -277,12 +318,17 @@ class RolloutSupervisor:
         """Joins feedback to the arm that served ``request_id`` (an Ingress that served it itself records it
         locally instead). Raises `FeedbackError` for an unknown id, metric or an out-of-range value."""
         self.check_feedback(metric, value)
-        found = self.store.find_request(request_id)
+        try:
+            found = self.store.find_request(request_id)
+            if found is not None:
+                self.store.add_feedback(found.key, request_id, found.arm, metric, value, self.clock())
+        except Exception as exc:  # the client retries: a score is refused, never silently dropped
+            self._store_failed(exc)
+            raise FeedbackError(503, "request_id", "the rollout store is unavailable; retry later") from None
         if found is None:
             raise FeedbackError(
                 404, "request_id", f"unknown request_id {request_id!r} (or older than retention)"
             )
-        self.store.add_feedback(found.key, request_id, found.arm, metric, value, self.clock())
         if self.machine is not None and found.key == self.machine.state.key:
             for segment in [ALL, *(tuple(s) for s in found.segments)]:
                 self.window.arm(found.arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
@@ -340,7 +386,10 @@ class RolloutSupervisor:
         check = (
             self.check.outcome if self.check and self.check.stage_index == machine.state.stage_index else None
         )
-        events = machine.tick(now, judgement, self.counts(), check)
+        if self.store_error is not None and not (judgement is not None and judgement.rollback):
+            events: list[dict[str, Any]] = []  # frozen: no step on evidence that cannot be kept
+        else:
+            events = machine.tick(now, judgement, self.counts(), check)
         self._record(machine, events)
         if events:
             if judgement is not None and machine.state.phase not in JUDGED:
@@ -379,6 +428,11 @@ class RolloutSupervisor:
         and why. Raises `ActionError` when the state does not allow it."""
         if self.machine is None:
             raise ActionError("no rollout yet: deploy a config first")
+        if self.store_error is not None and action in ("promote", "resume", "set_weight"):
+            raise ActionError(
+                f"{action} is refused while the rollout store cannot be written ({self.store_error}); "
+                "rollback and pause still work"
+            )
         events = self.machine.act(action, self.clock(), actor, reason, self.counts(), weight)
         if events and self.machine.state.phase in (Phase.ROLLED_BACK, Phase.PROMOTED) and self.judgement:
             self._final_gates = [r.to_dict() for r in self.judgement.results]
@@ -390,12 +444,22 @@ class RolloutSupervisor:
     def _record(self, machine: RolloutMachine, events: list[dict[str, Any]]) -> None:
         """Every event is stored with the state it produced, in one transaction, before anyone hears of it."""
         for event in events:
-            event["seq"] = self.store.save_state_and_event(machine.state.key, machine.state.to_dict(), event)
-            if self.notifier is not None:
-                self.notifier.send({"app": self.app, "rollout": machine.state.key, **event})
-            logger.info(
-                "rollout %s: %s → %s (%s)", machine.state.key, event["from"], event["to"], event["reason"]
-            )
+            key, state = machine.state.key, machine.state.to_dict()
+            logger.info("rollout %s: %s → %s (%s)", key, event["from"], event["to"], event["reason"])
+            if self.store_error is None and not self._unstored_events:
+                try:
+                    event["seq"] = self.store.save_state_and_event(key, state, event)
+                except Exception as exc:
+                    self._store_failed(exc)
+                else:
+                    self._notify(key, event)
+                    continue
+            # kept in order until the store takes it; heard of only once stored
+            self._unstored_events.append((key, state, event))
+
+    def _notify(self, key: str, event: dict[str, Any]) -> None:
+        if self.notifier is not None:
+            self.notifier.send({"app": self.app, "rollout": key, **event})
 
     def persist(self) -> None:
         """Writes the telemetry since the last write as one window aggregate, and the state."""
@@ -403,6 +467,13 @@ class RolloutSupervisor:
         self._saved_at = now = self.clock()
         if machine is None:
             return
+        try:
+            self._flush_unstored()
+            self._save(machine, now)
+        except Exception as exc:  # the unsaved window keeps growing and is written once the store recovers
+            self._store_failed(exc)
+
+    def _save(self, machine: RolloutMachine, now: float) -> None:
         if not self._unsaved.empty():
             self._unsaved.end = now
             stage = machine.stage.name if machine.stage else machine.state.phase.value
@@ -446,8 +517,27 @@ class RolloutSupervisor:
         machine = self.machine
         if machine is not None and machine.state.phase in JUDGED and self.judgement is not None:
             j = self.judgement
-            return [r.to_dict() for r in j.results], list(j.worse), [list(s) for s in j.skipped]
-        return self._final_gates, self._final_worse, []
+            gates, worse, skipped = (
+                [r.to_dict() for r in j.results],
+                list(j.worse),
+                [list(s) for s in j.skipped],
+            )
+        else:
+            gates, worse, skipped = list(self._final_gates), self._final_worse, []
+        if self.store_error is not None:
+            gates.append(
+                {
+                    "gate": "store",
+                    "segment": "all",
+                    "verdict": "ERROR",
+                    "evidence": {
+                        "rule": "while the store cannot be written, nothing is promoted; rollback still acts",
+                        "reason": self.store_error,
+                        "since": self.store_failed_since,
+                    },
+                }
+            )
+        return gates, worse, skipped
 
     def view(self) -> dict[str, Any]:
         """The rollout part of ``GET /rollout``."""
@@ -464,7 +554,11 @@ class RolloutSupervisor:
             }
         state, rollout = machine.state, self.config.rollout
         gates, worse, skipped = self.gates()
-        events = self.store.events(state.key)
+        try:
+            events = self.store.events(state.key) + [e for _, _, e in self._unstored_events]
+        except Exception as exc:
+            self._store_failed(exc)
+            events = [e for _, _, e in self._unstored_events]
         counts = self.counts()
         return {
             "rollout_key": state.key,
@@ -489,6 +583,12 @@ class RolloutSupervisor:
             "change": rollout.change,
             "alpha": rollout.alpha,
             "gates": gates,
+            "store": {
+                "ok": self.store_error is None,
+                "error": self.store_error,
+                "since": self.store_failed_since,
+                "unstored": len(self._unstored_events) + len(self._unstored_rows),
+            },
             "worse": worse,
             "skipped": skipped,
             "check": None

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -52,6 +53,7 @@ logger = logging.getLogger("ray.serve")
 FLUSH_INTERVAL_S = 1.0
 WATCH_TIMEOUT_S = 30.0  # a long poll returns at least this often, so a replica notices a restarted controller
 FORCE_ARM_HEADER = "X-Canary-Force-Arm"  # an operator's probe of one arm (admin token required)
+REPLICA_RETRIES = 1  # a call whose replica died goes once more to a live one
 MAX_PENDING_ROWS = 100_000  # request-log rows kept for the controller while it is unreachable
 
 # Headers a model replica never needs to see (fault injection scopes by the others).
@@ -388,19 +390,30 @@ class Ingress:
     async def _call(self, arm: Arm, inputs: dict[str, Any], headers: Mapping[str, str]) -> Outcome:
         timeout = getattr(self._config.rollout.timeouts_s, arm.value)
         started = time.perf_counter()
-        response = self._handles[arm].predict.remote(inputs, dict(headers))
-        try:
-            output = await asyncio.wait_for(response, timeout)
-        except TimeoutError:
-            response.cancel()  # wait_for alone leaves the downstream call running
-            return Outcome(arm, "timeout", latency_s=time.perf_counter() - started)
-        except ModelOverloadedError:
-            return Outcome(arm, "overloaded", latency_s=time.perf_counter() - started)
-        except Exception as exc:  # any failure of the model call is the model's, never the client's
-            logger.debug("%s call failed: %r", arm.value, exc)
-            return Outcome(
-                arm, "error", problems=[type(exc).__name__], latency_s=time.perf_counter() - started
-            )
+        attempt = 0
+        while True:
+            response = self._handles[arm].predict.remote(inputs, dict(headers))
+            try:
+                output = await asyncio.wait_for(response, timeout - (time.perf_counter() - started))
+                break
+            except RayActorError as exc:
+                # the replica died under the request (killed, node lost): a prediction is idempotent, so it
+                # goes once more to a live replica of the same arm, within the same time-out
+                attempt += 1
+                if attempt > REPLICA_RETRIES or time.perf_counter() - started >= timeout:
+                    return Outcome(
+                        arm, "error", problems=[type(exc).__name__], latency_s=time.perf_counter() - started
+                    )
+            except TimeoutError:
+                response.cancel()  # wait_for alone leaves the downstream call running
+                return Outcome(arm, "timeout", latency_s=time.perf_counter() - started)
+            except ModelOverloadedError:
+                return Outcome(arm, "overloaded", latency_s=time.perf_counter() - started)
+            except Exception as exc:  # any failure of the model call is the model's, never the client's
+                logger.debug("%s call failed: %r", arm.value, exc)
+                return Outcome(
+                    arm, "error", problems=[type(exc).__name__], latency_s=time.perf_counter() - started
+                )
         return self._checked(arm, output, time.perf_counter() - started)
 
     def _failure(self, outcome: Outcome) -> HTTPProblem:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,74 @@ def test_a_rollout_deployed_again_after_another_resumes_where_it_was(store_path:
     sup.configure(section(), VERSIONS)  # r1 again: the same identity resumes, it does not start over
     view = sup.view()
     assert view["stage"] == "promoted" and view["events"][-1]["kind"] == "redeployed"
+
+
+class FailingStore(RolloutStore):
+    """The real store, whose writes fail while ``broken`` (a read-only file or a full disk, at our seam)."""
+
+    broken = False
+
+    def _fail(self) -> None:
+        if self.broken:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    def save_state_and_event(self, *args: Any, **kwargs: Any) -> int:
+        self._fail()
+        return super().save_state_and_event(*args, **kwargs)
+
+    def append_window(self, *args: Any, **kwargs: Any) -> None:
+        self._fail()
+        super().append_window(*args, **kwargs)
+
+    def save_rollout(self, *args: Any, **kwargs: Any) -> None:
+        self._fail()
+        super().save_rollout(*args, **kwargs)
+
+    def log_requests(self, *args: Any, **kwargs: Any) -> None:
+        self._fail()
+        super().log_requests(*args, **kwargs)
+
+    def add_feedback(self, *args: Any, **kwargs: Any) -> None:
+        self._fail()
+        super().add_feedback(*args, **kwargs)
+
+
+def test_an_unwritable_store_freezes_promotion_reports_error_and_recovers(
+    store_path: Path, clock: Clock
+) -> None:
+    store = FailingStore(store_path, clock=clock)
+    sup = RolloutSupervisor("canary", store, clock)
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 3)
+    stage = sup.view()["stage_index"]
+    store.broken = True
+    run(sup, clock, 90)  # long enough to have promoted every stage
+    view = sup.view()
+    assert view["stage_index"] == stage and view["stage"] == "shadow"  # never promoted blind
+    assert view["store"]["ok"] is False and "readonly" in view["store"]["error"]
+    assert any(g["gate"] == "store" and g["verdict"] == "ERROR" for g in view["gates"])
+    with pytest.raises(ActionError, match="store"):
+        sup.act("promote", "alice", "ship it")
+    # a rollback still acts at once (routing is safe), and is written once the store is back
+    sup.act("rollback", "alice", "store is down, play safe")
+    assert sup.table()["candidate_weight"] == 0 and sup.view()["stage"] == "rolled_back"
+    assert sup.view()["store"]["unstored"] >= 1
+    store.broken = False
+    clock.now += 10
+    sup.persist()
+    view = sup.view()
+    assert view["store"] == {"ok": True, "error": None, "since": None, "unstored": 0}
+    stored = store.events(view["rollout_key"])
+    assert stored[-1]["kind"] == "rolled_back" and stored[-1]["actor"] == "alice"
+    again = supervisor(store_path, clock)  # what a restart reads: nothing was lost
+    assert again.view()["stage"] == "rolled_back"
+    assert again.window.arm("stable").requests == sup.window.arm("stable").requests
+
+
+def test_a_rollback_on_evidence_still_acts_while_the_store_fails(store_path: Path, clock: Clock) -> None:
+    store = FailingStore(store_path, clock=clock)
+    sup = RolloutSupervisor("canary", store, clock)
+    sup.configure(section(), VERSIONS)
+    store.broken = True
+    run(sup, clock, 60, bad_tier="gold")
+    assert sup.view()["stage"] == "rolled_back" and sup.table()["candidate_weight"] == 0
