@@ -195,30 +195,29 @@ def test_drill_rollback_under_load_stops_candidate_answers_within_the_push(canar
     assert row["failed"] == 0 and row["lost"] == 0 and not late, row
 
 
-@pytest.mark.parametrize(
-    ("edit", "key"),
-    [
-        ({"candidate_weight": 120}, "candidate_weight"),
-        ({"promotion_gates": {"error_rate": {"maximum": "lots"}}}, "error_rate"),
-        ({"unknown_key": 1}, "unknown_key"),
-    ],
-)
-def test_drill_bad_config_mid_rollout_is_refused_and_the_rollout_untouched(
-    canary: Canary, edit: dict[str, Any], key: str
-) -> None:
+BAD_EDITS = [
+    ({"candidate_weight": 120}, "candidate_weight"),
+    ({"promotion_gates": {"error_rate": {"maximum": "lots"}}}, "error_rate"),
+    ({"unknown_key": 1}, "unknown_key"),
+]
+
+
+def test_drill_bad_configs_mid_rollout_are_refused_and_the_rollout_untouched(canary: Canary) -> None:
     good = auto(canary, "bad-config", {"error_rate": {"maximum": 0.01}})
     canary.deploy(good)
     before = at_canary(canary)
-    load = Load(canary)
-    bad = canary.edited(**edit)  # the running config with one bad edit
-    canary.deploy(bad)
-    state = wait_until(lambda: (s := canary.rollout())["config_error"] and s, 60, what="refused")
-    time.sleep(3)
-    row = load.end(f"bad config mid-rollout ({key})")
-    assert key in state["config_error"]
-    for k in ("stage", "candidate_weight", "rollout_key", "mode"):
-        assert state[k] == before[k], k
-    assert row["failed"] == 0 and row["lost"] == 0, row
+    for edit, key in BAD_EDITS:
+        load = Load(canary)
+        canary.deploy(good)  # the good one again: clears the previous refusal
+        wait_until(lambda: not canary.rollout()["config_error"], 60, what="no refusal")
+        canary.deploy(canary.edited(**edit))  # the running config with one bad edit
+        state = wait_until(lambda: (s := canary.rollout())["config_error"] and s, 60, what="refused")
+        time.sleep(2)
+        row = load.end(f"bad config mid-rollout ({key})")
+        assert key in state["config_error"]
+        for k in ("stage", "candidate_weight", "rollout_key", "mode"):
+            assert state[k] == before[k], k
+        assert row["failed"] == 0 and row["lost"] == 0, row
 
 
 def test_drill_candidate_ooms_are_answered_by_stable_and_rolled_back(canary: Canary) -> None:
