@@ -1,7 +1,8 @@
 """The `RolloutController`: one detached, named, async Ray actor per application. A thin shell around
 `RolloutSupervisor`: it runs the judgement loop, asks external checks, sends webhooks, and pushes routing
 tables to every Ingress replica by long poll (a replica waits in `watch` until the table changes, so a
-rollback reaches it in milliseconds). Ray restarts it after a crash; it resumes from its SQLite store.
+rollback reaches it in milliseconds). Ray restarts it after a crash, on any node; it resumes from its store
+(SQLite on one machine, PostgreSQL on a cluster).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rollout.metrics import SnapshotCollector
 from rollout.notify import Notifier, run_check
 from rollout.report import build_report
 from rollout.store import Retention, RolloutStore
+from rollout.store_url import parse_store_location
 from rollout.supervisor import FeedbackError, RolloutSupervisor
 
 NAMESPACE = "canary"
@@ -32,10 +34,14 @@ def controller_name(app: str) -> str:
     return f"canary-controller-{app}"
 
 
-def resolve_store_path(path: str) -> Path:
-    """A relative store path is under the project root (where `make up` runs), never a worker's cwd."""
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
+def resolve_store_location(location: str) -> str:
+    """A PostgreSQL URL as given; a SQLite file (a path or a ``sqlite:///`` URL) made absolute, a relative
+    one under the project root (where `make up` runs), never a worker's cwd."""
+    parsed = parse_store_location(location)
+    if parsed.backend != "sqlite":
+        return parsed.target
+    candidate = Path(parsed.target).expanduser()
+    return str(candidate if candidate.is_absolute() else PROJECT_ROOT / candidate)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -44,13 +50,15 @@ class RolloutController:
 
     Args:
         app: the Serve application name.
-        store_path: the SQLite file (state, events, windows, request log, feedback).
+        store_location: the store (state, events, windows, request log, feedback): a SQLite file, or a
+            ``sqlite:///`` or ``postgresql://`` URL.
         retention: `Retention` values as a dict.
     """
 
-    def __init__(self, app: str, store_path: str, retention: dict[str, Any] | None = None) -> None:
+    def __init__(self, app: str, store_location: str, retention: dict[str, Any] | None = None) -> None:
         self._app = app
-        store = RolloutStore(resolve_store_path(store_path), Retention(**(retention or {})))
+        store = RolloutStore(resolve_store_location(store_location), Retention(**(retention or {})))
+        logger.info("rollout store: %s (%s)", store.location, store.backend)  # a URL's password masked
         self._core = RolloutSupervisor(
             app, store, time.time, lambda hooks: Notifier(hooks) if hooks else None
         )
@@ -200,13 +208,14 @@ def find_controller(app: str) -> Any | None:
 
 
 def get_or_create_controller(
-    app: str, store_path: str = ".canary/rollout.db", retention: dict[str, Any] | None = None
+    app: str, store_location: str = ".canary/rollout.db", retention: dict[str, Any] | None = None
 ) -> Any:
     """The application's controller, created on first use (detached: it outlives any one replica). The store
-    path and retention are read when it is created; a running controller keeps its own."""
+    location (a SQLite path, or a ``sqlite:///`` or ``postgresql://`` URL) and retention are read when it is
+    created; a running controller keeps its own."""
     return RolloutController.options(  # type: ignore[attr-defined]
         name=controller_name(app),
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-    ).remote(app, store_path, retention)
+    ).remote(app, store_location, retention)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import itertools
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from rollout.judge import GateSpec
 from rollout.notify import CheckSpec, WebhookSpec
+from rollout.store_url import EXPECTED as STORE_URL_EXPECTED
+from rollout.store_url import is_url as is_store_url
+from rollout.store_url import parse_store_location
+from rollout.store_url import redact as redact_store_url
 
 
 class _Strict(BaseModel):
@@ -110,12 +114,24 @@ KNOWN_GATES = tuple(_BUILTIN_GATES)
 
 
 class StoreSection(_Strict):
-    """Where the controller keeps state, decisions, windows and feedback (SQLite, WAL)."""
+    """Where the controller keeps state, decisions, windows and feedback: a SQLite file (WAL) on one machine,
+    a PostgreSQL database on a cluster (where a controller restarted on another node must find its store).
+
+    ``url`` supersedes ``path``; giving both is an error. When ``url`` is given, ``path`` holds the same URL,
+    so that ``path`` always says what the controller opens (callers written before ``url`` read ``path``).
+    A password in the URL is masked whenever the section is dumped; better, leave it out and give it to the
+    controller's processes as ``PGPASSWORD`` or in a ``pgpass`` file.
+    """
 
     path: str = Field(
         ".canary/rollout.db",
         min_length=1,
         description="SQLite file; a relative path is under the project root. Read when the controller starts",
+    )
+    url: str | None = Field(
+        None,
+        description=f"the store as a URL, superseding `path`: {STORE_URL_EXPECTED}. Read when the controller "
+        "starts",
     )
     windows_retention_s: float = Field(7 * 86400, gt=0, description="seconds per-window aggregates are kept")
     request_log_retention_s: float = Field(
@@ -124,6 +140,49 @@ class StoreSection(_Strict):
     max_logged_requests: int = Field(
         1_000_000, ge=1000, description="request ids kept at most (oldest dropped first)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_location(cls, data: Any) -> Any:
+        # "before", on the whole section: a failure quotes no raw input, which may hold a password
+        if not isinstance(data, dict):
+            return data
+        url, path = data.get("url"), data.get("path")
+        if url is None:
+            if isinstance(path, str) and is_store_url(path):
+                raise ValueError(
+                    f"`store.path` is a file, got the URL {redact_store_url(path)!r}; "
+                    "give a URL as `store.url` instead"
+                )
+            return data
+        if not isinstance(url, str):
+            raise ValueError(f"`store.url` must be a string ({STORE_URL_EXPECTED}), got {type(url).__name__}")
+        try:
+            parse_store_location(url)
+            if not is_store_url(url):
+                raise ValueError(f"{url!r} is not a URL; expected {STORE_URL_EXPECTED}")
+        except ValueError as exc:
+            raise ValueError(f"`store.url`: {exc}") from None
+        if path is not None and path != url:  # a dump of a section with `url` carries both, equal
+            raise ValueError(
+                "give the store as `store.url` or as `store.path`, not both: `url` "
+                f"({redact_store_url(url)!r}) supersedes the SQLite file `path` "
+                f"({redact_store_url(str(path))!r}); remove one"
+            )
+        return {**data, "path": url}
+
+    @field_serializer("path", "url")
+    def _masked(self, value: str | None) -> str | None:
+        return None if value is None else redact_store_url(value)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_store_url(value) if name in ("path", "url") and value else value
+
+    @property
+    def location(self) -> str:
+        """What the controller opens: the URL, else the SQLite file."""
+        return self.url or self.path
 
 
 class RolloutPolicy(_Strict):
@@ -158,7 +217,10 @@ class RolloutPolicy(_Strict):
     )
     webhooks: tuple[WebhookSpec, ...] = Field((), description="HTTP POST of every transition and decision")
     judge_interval_s: float = Field(1.0, ge=0.1, le=60, description="seconds between judgements")
-    store: StoreSection = Field(default_factory=StoreSection, description="the controller's SQLite store")
+    store: StoreSection = Field(
+        default_factory=StoreSection,
+        description="the controller's store: a SQLite file as `path`, or a `url` (sqlite:/// or postgresql://)",
+    )
 
     @field_validator("owner", "rollback_condition")
     @classmethod

@@ -1,4 +1,5 @@
-"""The rollout controller's durable store: SQLite in WAL mode at a configurable path. Stdlib only, no Ray.
+"""The rollout controller's durable store: SQLite in WAL mode at a configurable path (one machine), or a
+PostgreSQL database named by a URL (clusters). No Ray.
 
 It keeps what a restarted controller needs to resume and what the post-rollout report is written from:
 
@@ -8,8 +9,14 @@ It keeps what a restarted controller needs to resume and what the post-rollout r
 - ``requests``: request id → rollout, arm and segments, so POST /feedback joins to the arm that served it;
 - ``feedback``: the values POST /feedback brought.
 
-Durability: WAL with ``synchronous=NORMAL`` loses nothing committed when the *process* dies (SIGKILL, OOM
-kill); only an OS crash or power loss can drop the last transactions. `RolloutStore.save_state_and_event`
+Backends: one schema and one migration path for both (`_MIGRATIONS`); what differs between SQLite and
+PostgreSQL (connection, type words, where the schema version lives, how a write transaction starts) is
+behind `rollout.store_dialect`. A location is a path or ``sqlite:///...`` (SQLite) or ``postgresql://...``
+(see `rollout.store_url`); a password in a URL is masked wherever the location is shown.
+
+Durability: SQLite's WAL with ``synchronous=NORMAL`` loses nothing committed when the *process* dies (SIGKILL,
+OOM kill); only an OS crash or power loss can drop the last transactions. PostgreSQL keeps what it committed
+by its own settings. `RolloutStore.save_state_and_event`
 writes a state and the event that caused it in one transaction, so after a crash both or neither are there.
 
 Retention: `RolloutStore.prune` deletes windows, request-log rows and feedback by age and count (see
@@ -21,7 +28,8 @@ Cost (measured on this project's 2-core dev VM): `append_window` of a 14 KB wind
 ~1 ms, `log_requests` of 100 rows ~1.5 ms, `save_state_and_event` ~0.2 ms; so 1 window/s and 100 requests/s
 cost ~0.3 % of a core. Reading back costs ~1 ms per window (JSON and `Window.from_dict`): a restarted
 controller should read since its stage started, not the whole history. One connection guarded by a lock
-serialises calls from an actor's thread pool; other processes (the CLI) may read concurrently (WAL).
+serialises calls from an actor's thread pool; other processes (the CLI) may read concurrently (WAL). A
+PostgreSQL connection that breaks (a server restart) is opened again on the next call.
 
 Example:
     >>> import tempfile, pathlib
@@ -37,7 +45,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,36 +53,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rollout.store_dialect import Connection, Dialect, dialect_for
+from rollout.store_url import scrub
 from serving.telemetry import Window
 
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 5000  # a CLI reading the file may hold a read lock briefly; wait rather than fail
-
-_SCHEMA = """
+# The one schema of both backends, as migrations: entry i takes a store from version i to i + 1. A new store
+# runs them all, an older one the rest, in one transaction. Words in braces are the dialect's
+# (`rollout.store_dialect`): {float} is an 8-byte float, {id} and {seq} integer keys ({seq} never reused).
+_V1 = """
 CREATE TABLE rollouts (
     key TEXT PRIMARY KEY,
     app TEXT NOT NULL,
     policy TEXT NOT NULL,
     state TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
+    created {float} NOT NULL,
+    updated {float} NOT NULL
 );
 CREATE INDEX rollouts_app_updated ON rollouts (app, updated);
 CREATE TABLE events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused, even after pruning
+    seq {seq},
     key TEXT NOT NULL REFERENCES rollouts (key),
-    ts REAL NOT NULL,
+    ts {float} NOT NULL,
     kind TEXT NOT NULL,
     body TEXT NOT NULL
 );
 CREATE INDEX events_key_seq ON events (key, seq);
 CREATE INDEX events_ts ON events (ts);
 CREATE TABLE windows (
-    id INTEGER PRIMARY KEY,
+    id {id},
     key TEXT NOT NULL REFERENCES rollouts (key),
     stage TEXT NOT NULL,
-    start_ts REAL NOT NULL,
-    end_ts REAL NOT NULL,
+    start_ts {float} NOT NULL,
+    end_ts {float} NOT NULL,
     body TEXT NOT NULL
 );
 CREATE INDEX windows_key_start ON windows (key, start_ts);
@@ -83,27 +92,35 @@ CREATE INDEX windows_end ON windows (end_ts);
 CREATE TABLE requests (
     request_id TEXT PRIMARY KEY,
     key TEXT NOT NULL REFERENCES rollouts (key),
-    ts REAL NOT NULL,
+    ts {float} NOT NULL,
     arm TEXT NOT NULL,
     segments TEXT NOT NULL
-) WITHOUT ROWID;
+){without_rowid};
 CREATE INDEX requests_ts ON requests (ts);
 CREATE TABLE feedback (
-    id INTEGER PRIMARY KEY,
+    id {id},
     key TEXT NOT NULL REFERENCES rollouts (key),
     request_id TEXT NOT NULL,
     arm TEXT NOT NULL,
     metric TEXT NOT NULL,
-    value REAL NOT NULL,
-    ts REAL NOT NULL
+    value {float} NOT NULL,
+    ts {float} NOT NULL
 );
 CREATE INDEX feedback_key_ts ON feedback (key, ts);
 """
+# v2: insertion order as a column. v1 broke ties between rollouts saved at the same clock reading by SQLite's
+# implicit rowid, which PostgreSQL has no counterpart of; {insertion_order} carries it over from a v1 file.
+_V2 = """
+ALTER TABLE rollouts ADD COLUMN ord BIGINT NOT NULL DEFAULT 0;
+UPDATE rollouts SET ord = {insertion_order};
+"""
+_MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+SCHEMA_VERSION = len(_MIGRATIONS)
 _TABLES = ("rollouts", "events", "windows", "requests", "feedback")
 
 
 class StoreError(Exception):
-    """Root of the store's errors; carries the database path."""
+    """Root of the store's errors; carries where the store is (a file, or a URL with its password masked)."""
 
     def __init__(self, path: str | os.PathLike[str], message: str) -> None:
         super().__init__(f"rollout store {os.fspath(path)}: {message}")
@@ -111,13 +128,13 @@ class StoreError(Exception):
 
 
 class SchemaVersionError(StoreError):
-    """The file was written by a newer canary-serve whose schema this one does not understand."""
+    """The store was written by a newer canary-serve whose schema this one does not understand."""
 
     def __init__(self, path: str | os.PathLike[str], found: int, supported: int) -> None:
         super().__init__(
             path,
             f"schema version {found} is newer than this canary-serve supports ({supported}); upgrade "
-            "canary-serve or point the store at another path",
+            "canary-serve or point the store at another path or database",
         )
         self.found, self.supported = found, supported
 
@@ -191,65 +208,83 @@ def _dumps(value: Any) -> str:
 
 
 class RolloutStore:
-    """The SQLite store of one controller. See the module docstring for what it keeps and guarantees.
+    """The store of one controller. See the module docstring for what it keeps and guarantees.
 
     Args:
-        path: the database file; parent directories are created.
+        location: a SQLite file (a path, or ``sqlite:///relative.db`` / ``sqlite:////absolute.db``; parent
+            directories are created) or a PostgreSQL database (``postgresql://user@host:5432/db``).
         retention: what `prune` keeps.
         clock: seconds since the epoch; the only source of time (created/updated stamps, pruning).
 
+    Attributes:
+        path: the SQLite file, or None for PostgreSQL.
+        location: where the store is, fit to show (a URL's password masked).
+        backend: ``"sqlite"`` or ``"postgresql"``.
+
     Raises:
-        SchemaVersionError: the file has a newer schema than this code.
-        StoreError: the file cannot be opened or is not a SQLite database.
+        SchemaVersionError: the store has a newer schema than this code.
+        StoreError: the store cannot be opened or reached, or is not a rollout store.
+        ValueError: ``location`` is a URL of another database.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        location: str | os.PathLike[str],
         retention: Retention = Retention(),  # frozen, so one shared default is safe
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = Path(path)
+        self._url = os.fspath(location)
+        self._dialect: Dialect = dialect_for(location if isinstance(location, Path) else self._url)
+        self.path: Path | None = self._dialect.path
+        self.location = self._dialect.location
+        self.backend = self._dialect.name
         self.retention = retention
         self._clock = clock
         self._lock = threading.Lock()
+        self._conn: Connection | None = self._connect()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so what is one transaction is explicit
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(self.path, f"cannot open: {exc}") from exc
-        try:
-            self._open(self._conn)
+            self._migrate(self._conn)
         except BaseException:
             self._conn.close()
             self._conn = None
             raise
 
-    def _open(self, conn: sqlite3.Connection) -> None:
+    def _error(self, exc: BaseException, doing: str = "") -> StoreError:
+        return StoreError(self.location, scrub(f"{doing}{exc}", self._url))
+
+    def _connect(self) -> Connection:
+        errors: tuple[type[BaseException], ...] = (OSError, *self._dialect.errors)
         try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise SchemaVersionError(self.path, version, SCHEMA_VERSION)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(self.path, f"cannot switch to WAL (journal_mode stays {mode!r})")
-            conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable against a killed process
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            if version == 0:
-                conn.execute("BEGIN IMMEDIATE")
-                # re-read under the write lock: another process may have created the schema meanwhile
-                if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(self.path, f"cannot open as a rollout store: {exc}") from exc
+            return self._dialect.connect()
+        except errors as exc:
+            raise self._error(exc, "cannot open as a rollout store: ") from None
+
+    def _migrate(self, conn: Connection) -> None:
+        """Brings the schema to `SCHEMA_VERSION` (one path for both backends) under the write lock."""
+        dialect = self._dialect
+        try:
+            if dialect.schema_version(conn) == SCHEMA_VERSION:
+                return
+            with dialect.schema_lock(conn):
+                conn.execute(dialect.begin)
+                try:
+                    # re-read under the lock: another process may have migrated meanwhile
+                    version = dialect.schema_version(conn)
+                    if version > SCHEMA_VERSION:
+                        raise SchemaVersionError(self.location, version, SCHEMA_VERSION)
+                    for script in _MIGRATIONS[version:]:
+                        for statement in script.format(**dialect.types).split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                    if version != SCHEMA_VERSION:
+                        dialect.set_schema_version(conn, SCHEMA_VERSION)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if not conn.broken and conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except dialect.errors as exc:
+            raise self._error(exc, "cannot open as a rollout store: ") from None
 
     def __enter__(self) -> RolloutStore:
         return self
@@ -265,31 +300,35 @@ class RolloutStore:
                 self._conn = None
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[Connection]:
         with self._lock:
             if self._conn is None:
-                raise StoreError(self.path, "the store is closed")
+                raise StoreError(self.location, "the store is closed")
+            if self._conn.broken:  # the server restarted or the network dropped: try a new connection
+                self._conn.close()
+                self._conn = self._connect()
             try:
                 yield self._conn
-            except sqlite3.Error as exc:
-                raise StoreError(self.path, str(exc)) from exc
+            except self._dialect.errors as exc:
+                raise self._error(exc) from exc
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[Connection]:
         """One transaction: everything inside commits together or not at all."""
         with self._read() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self._dialect.begin)
             try:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                # the database may have rolled back already (SQLite: disk full, I/O error; a lost connection)
+                if not conn.broken and conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
 
-    def _require(self, conn: sqlite3.Connection, key: str) -> None:
+    def _require(self, conn: Connection, key: str) -> None:
         if conn.execute("SELECT 1 FROM rollouts WHERE key = ?", (key,)).fetchone() is None:
-            raise UnknownRolloutError(self.path, key)
+            raise UnknownRolloutError(self.location, key)
 
     # -- rollouts ----------------------------------------------------------------------------------------
 
@@ -298,7 +337,8 @@ class RolloutStore:
         now = self._clock()
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO rollouts (key, app, policy, state, created, updated) VALUES (?, ?, ?, ?, ?, ?)"
+                "INSERT INTO rollouts (key, app, policy, state, created, updated, ord)"
+                " VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(ord), 0) + 1 FROM rollouts))"
                 " ON CONFLICT (key) DO UPDATE SET app = excluded.app, policy = excluded.policy,"
                 " state = excluded.state, updated = excluded.updated",
                 (key, app, _dumps(policy), _dumps(state), now, now),
@@ -314,7 +354,7 @@ class RolloutStore:
         """The most recently updated rollout of ``app``, or None."""
         with self._read() as conn:
             row = conn.execute(
-                f"{_ROLLOUT_SELECT} WHERE app = ? ORDER BY updated DESC, rowid DESC LIMIT 1", (app,)
+                f"{_ROLLOUT_SELECT} WHERE app = ? ORDER BY updated DESC, ord DESC LIMIT 1", (app,)
             ).fetchone()
         return _record(row) if row else None
 
@@ -322,9 +362,7 @@ class RolloutStore:
         """Every rollout (of ``app`` when given), most recently created first."""
         where, args = ("WHERE app = ?", (app,)) if app is not None else ("", ())
         with self._read() as conn:
-            rows = conn.execute(
-                f"{_ROLLOUT_SELECT} {where} ORDER BY created DESC, rowid DESC", args
-            ).fetchall()
+            rows = conn.execute(f"{_ROLLOUT_SELECT} {where} ORDER BY created DESC, ord DESC", args).fetchall()
         return [_record(row) for row in rows]
 
     # -- events ------------------------------------------------------------------------------------------
@@ -358,23 +396,24 @@ class RolloutStore:
                 "UPDATE rollouts SET state = ?, updated = ? WHERE key = ?", (_dumps(state), now, key)
             )
             if updated.rowcount != 1:
-                raise UnknownRolloutError(self.path, key)
+                raise UnknownRolloutError(self.location, key)
             return self._insert_event(conn, key, ts, kind, event)
 
     @staticmethod
-    def _insert_event(conn: sqlite3.Connection, key: str, ts: float, kind: str, event: dict[str, Any]) -> int:
+    def _insert_event(conn: Connection, key: str, ts: float, kind: str, event: dict[str, Any]) -> int:
         body = _dumps({k: v for k, v in event.items() if k != "seq"})
-        cursor = conn.execute(
-            "INSERT INTO events (key, ts, kind, body) VALUES (?, ?, ?, ?)", (key, ts, kind, body)
-        )
-        return int(cursor.lastrowid or 0)  # an INSERT into a rowid table always sets it
+        rows = conn.execute(  # fetchall: SQLite finishes the statement only when its rows are read
+            "INSERT INTO events (key, ts, kind, body) VALUES (?, ?, ?, ?) RETURNING seq",
+            (key, ts, kind, body),
+        ).fetchall()
+        return int(rows[0][0])
 
     def events(self, key: str, since_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """The rollout's events with ``seq > since_seq`` in order, each with its ``seq``."""
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT seq, body FROM events WHERE key = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (key, since_seq, -1 if limit is None else limit),
+                (key, since_seq, self._dialect.no_limit if limit is None else limit),
             ).fetchall()
         return [{"seq": seq, **json.loads(body)} for seq, body in rows]
 
@@ -414,7 +453,8 @@ class RolloutStore:
         with self._write() as conn:
             self._require(conn, key)
             conn.executemany(
-                "INSERT OR IGNORE INTO requests (request_id, key, ts, arm, segments) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO requests (request_id, key, ts, arm, segments) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (request_id) DO NOTHING",
                 [(rid, key, ts, arm, _dumps([list(s) for s in segs])) for rid, ts, arm, segs in rows],
             )
 
@@ -451,7 +491,7 @@ class RolloutStore:
 
     def prune(self) -> dict[str, int]:
         """Applies the `Retention` at ``clock()``, in one transaction; returns rows deleted per table."""
-        r, now = self.retention, self._clock()
+        r, now, all_rows = self.retention, self._clock(), self._dialect.no_limit
         deleted = dict.fromkeys(("windows", "requests", "feedback", "events"), 0)
         with self._write() as conn:
 
@@ -463,22 +503,25 @@ class RolloutStore:
                 run(
                     "windows",
                     "DELETE FROM windows WHERE id IN (SELECT id FROM windows WHERE key = ?"
-                    " ORDER BY start_ts DESC, id DESC LIMIT -1 OFFSET ?)",
+                    " ORDER BY start_ts DESC, id DESC LIMIT ? OFFSET ?)",
                     key,
+                    all_rows,
                     r.max_windows,
                 )
                 run(
                     "feedback",
                     "DELETE FROM feedback WHERE id IN (SELECT id FROM feedback WHERE key = ?"
-                    " ORDER BY ts DESC, id DESC LIMIT -1 OFFSET ?)",
+                    " ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?)",
                     key,
+                    all_rows,
                     r.max_feedback,
                 )
             run("requests", "DELETE FROM requests WHERE ts < ?", now - r.request_log_s)
             run(
                 "requests",
                 "DELETE FROM requests WHERE request_id IN (SELECT request_id FROM requests"
-                " ORDER BY ts DESC LIMIT -1 OFFSET ?)",
+                " ORDER BY ts DESC LIMIT ? OFFSET ?)",
+                all_rows,
                 r.max_requests,
             )
             if r.feedback_s is not None:
@@ -488,13 +531,18 @@ class RolloutStore:
         return deleted
 
     def stats(self) -> dict[str, Any]:
-        """Path, size on disk (database + WAL) in bytes, schema version and rows per table."""
+        """Location (a URL's password masked), backend, size in bytes (SQLite: database + WAL; PostgreSQL:
+        the tables with their indexes), schema version and rows per table."""
         with self._read() as conn:
-            rows = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in _TABLES}
-        size = sum(
-            p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists()
-        )
-        return {"path": str(self.path), "size_bytes": size, "schema_version": SCHEMA_VERSION, "rows": rows}
+            rows = {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in _TABLES}
+            size = self._dialect.size_bytes(conn, _TABLES)
+        return {
+            "path": self.location,
+            "backend": self.backend,
+            "size_bytes": size,
+            "schema_version": SCHEMA_VERSION,
+            "rows": rows,
+        }
 
 
 _ROLLOUT_SELECT = "SELECT key, app, policy, state, created, updated FROM rollouts"

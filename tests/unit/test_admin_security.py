@@ -33,9 +33,7 @@ def test_safe_request_ids_are_kept(request_id):
     check_request_id(request_id)
 
 
-@pytest.mark.parametrize(
-    "request_id", ["has space inside", "x" * 129, "<script>alert(1)</script>", "-lead"]
-)
+@pytest.mark.parametrize("request_id", ["has space inside", "x" * 129, "<script>alert(1)</script>", "-lead"])
 def test_other_request_ids_are_refused_naming_the_header(request_id):
     with pytest.raises(HTTPProblem) as refused:
         check_request_id(request_id)

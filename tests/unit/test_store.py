@@ -1,22 +1,30 @@
-"""The rollout store: round trips, state + event in one transaction, SIGKILL safety, retention, schemas."""
+"""The rollout store: round trips, state + event in one transaction, SIGKILL safety, retention, schemas.
+
+Every behaviour is checked on both backends: SQLite, and a real PostgreSQL server the module starts
+(`tests/postgres_server.py`; skipped where PostgreSQL is not installed, a failure under CI).
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from postgres_server import PostgresServer, postgres_server
 
 from rollout.store import (
+    SCHEMA_VERSION,
     LoggedRequest,
     Retention,
     RolloutStore,
@@ -44,8 +52,30 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    yield from postgres_server()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_location(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str | Path]:
+    """Makes locations of fresh, empty stores of the backend under test (a file, or a new database)."""
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        return server.create_database
+    names = itertools.count()
+    return lambda: tmp_path / "deep" / "dir" / f"rollout{next(names)}.db"
+
+
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock):
+def store(new_location: Callable[[], str | Path], clock: FakeClock):
+    with RolloutStore(new_location(), clock=clock) as s:
+        s.save_rollout(KEY, app="fraud", policy={"owner": "ml@example.com"}, state={"stage": "shadow"})
+        yield s
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path, clock: FakeClock):
     with RolloutStore(tmp_path / "deep" / "dir" / "rollout.db", clock=clock) as s:
         s.save_rollout(KEY, app="fraud", policy={"owner": "ml@example.com"}, state={"stage": "shadow"})
         yield s
@@ -72,12 +102,15 @@ def real_window(start: float, seed: int = 0) -> Window:
     return w
 
 
-def test_opens_in_wal_mode_with_foreign_keys_and_creates_parent_dirs(store: RolloutStore):
-    assert store.path.exists()
-    conn = sqlite3.connect(store.path)
+def test_opens_in_wal_mode_with_foreign_keys_and_creates_parent_dirs(sqlite_store: RolloutStore):
+    assert sqlite_store.path is not None and sqlite_store.path.exists()
+    conn = sqlite3.connect(sqlite_store.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+def test_a_write_naming_an_unknown_rollout_is_refused(store: RolloutStore):
     with pytest.raises(UnknownRolloutError, match="never-saved"):
         store.append_event("never-saved", {"ts": 1.0, "kind": "x"})
 
@@ -219,9 +252,9 @@ def test_feedback_is_kept_per_rollout_in_time_order(store: RolloutStore):
     assert store.feedback("other") == []
 
 
-def test_retention_by_age(tmp_path: Path, clock: FakeClock):
+def test_retention_by_age(new_location: Callable[[], str | Path], clock: FakeClock):
     retention = Retention(windows_s=100, request_log_s=50, events_s=200, feedback_s=100)
-    with RolloutStore(tmp_path / "s.db", retention, clock) as s:
+    with RolloutStore(new_location(), retention, clock) as s:
         s.save_rollout(KEY, app="fraud", policy={}, state={})
         for t in (800.0, 898.0, 950.0):  # cut-offs: windows end < 900, requests < 950, events < 800
             s.append_window(KEY, "1%", real_window(t))
@@ -236,10 +269,8 @@ def test_retention_by_age(tmp_path: Path, clock: FakeClock):
         assert s.prune() == {"windows": 0, "requests": 0, "feedback": 0, "events": 0}
 
 
-def test_retention_by_count_deletes_the_oldest(tmp_path: Path, clock: FakeClock):
-    with RolloutStore(
-        tmp_path / "s.db", Retention(max_windows=3, max_requests=4, max_feedback=2), clock
-    ) as s:
+def test_retention_by_count_deletes_the_oldest(new_location: Callable[[], str | Path], clock: FakeClock):
+    with RolloutStore(new_location(), Retention(max_windows=3, max_requests=4, max_feedback=2), clock) as s:
         for key in ("k1", "k2"):
             s.save_rollout(key, app="a", policy={}, state={})
         for i in (5, 1, 4, 2, 3):  # out of order: "oldest" means by time, not by insertion
@@ -280,16 +311,18 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path):
         RolloutStore(path)
 
 
-def test_closed_store_says_so(tmp_path: Path):
-    s = RolloutStore(tmp_path / "s.db")
+def test_closed_store_says_so(new_location: Callable[[], str | Path]):
+    s = RolloutStore(new_location())
     s.close()
     s.close()
     with pytest.raises(StoreError, match="closed"):
         s.load_rollout(KEY)
 
 
-def test_reopening_resumes_state_and_stats_report_rows(tmp_path: Path, clock: FakeClock):
-    path = tmp_path / "s.db"
+def test_reopening_resumes_state_and_stats_report_rows(
+    new_location: Callable[[], str | Path], clock: FakeClock
+):
+    path = new_location()
     with RolloutStore(path, clock=clock) as s:
         s.save_rollout(KEY, app="fraud", policy={"p": 1}, state={"stage": "shadow"})
         s.save_state_and_event(KEY, {"stage": "25%", "candidate_weight": 25}, {"ts": 1.0, "kind": "promote"})
@@ -298,8 +331,14 @@ def test_reopening_resumes_state_and_stats_report_rows(tmp_path: Path, clock: Fa
         record = s.load_rollout(KEY)
         assert record is not None and record.state == {"stage": "25%", "candidate_weight": 25}
         stats = s.stats()
-        assert stats["path"] == str(path) and stats["size_bytes"] > 0
+        assert stats["path"] == s.location and stats["size_bytes"] > 0
+        assert stats["schema_version"] == SCHEMA_VERSION
         assert stats["rows"] == {"rollouts": 1, "events": 1, "windows": 1, "requests": 0, "feedback": 0}
+        if isinstance(path, Path):
+            assert stats["path"] == str(path) and stats["backend"] == "sqlite"
+        else:  # the URL carries the test server's password: never shown
+            assert stats["backend"] == "postgresql" and ":***@" in stats["path"]
+            assert path.split(":")[2].split("@")[0] not in json.dumps(stats)
 
 
 # The child writes state + event (and a window) in a loop, resuming from whatever state it finds, and prints
@@ -325,8 +364,8 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_sigkill_mid_write_loses_no_committed_decision(tmp_path: Path):
-    path = tmp_path / "crash.db"
+def test_sigkill_mid_write_loses_no_committed_decision(new_location: Callable[[], str | Path]):
+    path = new_location()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     acknowledged = -1
     for kill_after in (40, 173, 411):  # steps seen this run before the kill; different points in the loop
@@ -343,9 +382,10 @@ def test_sigkill_mid_write_loses_no_committed_decision(tmp_path: Path):
         child.stdout.close()
         assert child.returncode == -signal.SIGKILL
 
-        conn = sqlite3.connect(path)
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        conn.close()
+        if isinstance(path, Path):
+            conn = sqlite3.connect(path)
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            conn.close()
         with RolloutStore(path) as s:
             record = s.load_rollout("k")
             assert record is not None
@@ -354,3 +394,129 @@ def test_sigkill_mid_write_loses_no_committed_decision(tmp_path: Path):
             assert step >= acknowledged  # nothing the child saw committed was lost
             assert [e["step"] for e in events] == list(range(step + 1))  # every state has its event, no gaps
             assert events[-1]["ts"] == float(step)
+
+
+# --- one schema, one migration path ------------------------------------------------------------------------
+
+# The version-1 schema exactly as canary-serve 0.1 wrote it (SQLite only), to check the migration to 2.
+_V1_SQLITE = """
+CREATE TABLE rollouts (key TEXT PRIMARY KEY, app TEXT NOT NULL, policy TEXT NOT NULL, state TEXT NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL);
+CREATE INDEX rollouts_app_updated ON rollouts (app, updated);
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL REFERENCES rollouts (key),
+    ts REAL NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX events_key_seq ON events (key, seq);
+CREATE INDEX events_ts ON events (ts);
+CREATE TABLE windows (id INTEGER PRIMARY KEY, key TEXT NOT NULL REFERENCES rollouts (key),
+    stage TEXT NOT NULL, start_ts REAL NOT NULL, end_ts REAL NOT NULL, body TEXT NOT NULL);
+CREATE INDEX windows_key_start ON windows (key, start_ts);
+CREATE INDEX windows_end ON windows (end_ts);
+CREATE TABLE requests (request_id TEXT PRIMARY KEY, key TEXT NOT NULL REFERENCES rollouts (key),
+    ts REAL NOT NULL, arm TEXT NOT NULL, segments TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX requests_ts ON requests (ts);
+CREATE TABLE feedback (id INTEGER PRIMARY KEY, key TEXT NOT NULL REFERENCES rollouts (key),
+    request_id TEXT NOT NULL, arm TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL, ts REAL NOT NULL);
+CREATE INDEX feedback_key_ts ON feedback (key, ts);
+PRAGMA user_version=1;
+"""
+
+
+def test_a_version_1_file_is_migrated_keeping_its_rollouts_and_their_order(tmp_path: Path, clock: FakeClock):
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_V1_SQLITE)
+    for key in ("b-first", "a-second", "c-third"):  # equal times: only insertion order tells them apart
+        conn.execute("INSERT INTO rollouts VALUES (?, 'fraud', '{}', '{}', 5.0, 5.0)", (key,))
+    conn.execute(
+        "INSERT INTO events (key, ts, kind, body) VALUES ('a-second', 1.0, 'start', ?)",
+        ('{"ts": 1.0, "kind": "start"}',),
+    )
+    conn.commit()
+    conn.close()
+    with RolloutStore(path, clock=clock) as s:
+        assert s.stats()["schema_version"] == SCHEMA_VERSION == 2
+        assert [r.key for r in s.rollouts()] == ["c-third", "a-second", "b-first"]
+        latest = s.latest_rollout("fraud")
+        assert latest is not None and latest.key == "c-third"
+        s.save_rollout("d-fourth", app="fraud", policy={}, state={})  # created at 1000 by the fake clock
+        assert [r.key for r in s.rollouts()][:2] == ["d-fourth", "c-third"]
+        assert [e["kind"] for e in s.events("a-second")] == ["start"]
+        assert s.append_event("a-second", {"ts": 2.0, "kind": "next"}) == 2
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_equal_times_are_ordered_by_insertion_on_both_backends(new_location, clock: FakeClock):
+    with RolloutStore(new_location(), clock=clock) as s:
+        for key in ("m", "z", "a"):
+            s.save_rollout(key, app="fraud", policy={}, state={})
+        s.save_rollout("z", app="fraud", policy={"again": True}, state={})  # an update keeps its place
+        assert [r.key for r in s.rollouts()] == ["a", "z", "m"]
+        latest = s.latest_rollout("fraud")
+        assert latest is not None and latest.key == "a"
+
+
+def test_newer_schema_in_postgresql_is_refused_without_showing_the_password(postgres: PostgresServer):
+    import psycopg
+
+    url = postgres.create_database()
+    RolloutStore(url).close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE canary_schema SET version = 99")
+    with pytest.raises(SchemaVersionError) as info:
+        RolloutStore(url)
+    assert info.value.found == 99 and postgres.password not in str(info.value)
+    assert f"127.0.0.1:{postgres.port}" in str(info.value) and ":***@" in info.value.path
+
+
+def test_controllers_opening_one_postgres_database_at_once_create_one_schema(postgres: PostgresServer):
+    url = postgres.create_database()
+    with ThreadPoolExecutor(6) as pool:
+        stores = list(pool.map(lambda _: RolloutStore(url), range(6)))
+    try:
+        stores[0].save_rollout(KEY, app="fraud", policy={}, state={})
+        seqs = [s.append_event(KEY, {"ts": 1.0, "kind": f"from-{i}"}) for i, s in enumerate(stores)]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 6
+        assert len(stores[5].events(KEY)) == 6
+        assert {s.stats()["schema_version"] for s in stores} == {SCHEMA_VERSION}
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_postgres_connection_that_breaks_is_reopened_on_the_next_call(postgres: PostgresServer):
+    import psycopg
+
+    url = postgres.create_database()
+    with RolloutStore(url) as s:
+        s.save_rollout(KEY, app="fraud", policy={}, state={"stage": "shadow"})
+        with psycopg.connect(postgres.url(), autocommit=True) as admin:  # what a server restart does
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (url.rsplit("/", 1)[1],),
+            )
+        with pytest.raises(StoreError) as info:  # the call that finds the connection gone fails ...
+            s.load_rollout(KEY)
+        assert postgres.password not in str(info.value)
+        record = s.load_rollout(KEY)  # ... and the next one runs on a new connection
+        assert record is not None and record.state == {"stage": "shadow"}
+
+
+@pytest.mark.parametrize("how", ["wrong password", "nothing listens"])
+def test_an_unreachable_postgres_is_a_store_error_that_hides_the_password(postgres: PostgresServer, how):
+    secret = "hunter2-" + postgres.password[:6]
+    port = postgres.port if how == "wrong password" else 9  # nothing listens on port 9
+    url = f"postgresql://postgres:{secret}@127.0.0.1:{port}/postgres?connect_timeout=5"
+    with pytest.raises(StoreError, match="cannot open as a rollout store") as info:
+        RolloutStore(url)
+    assert secret not in str(info.value) and ":***@127.0.0.1" in str(info.value)
+
+
+def test_store_urls_open_sqlite_files_and_refuse_other_databases(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with RolloutStore("sqlite:///rel/r.db") as s:  # relative to the working directory here
+        assert s.path == Path("rel/r.db") and (tmp_path / "rel" / "r.db").exists()
+    with RolloutStore(f"sqlite:///{tmp_path}/abs.db") as s:  # four slashes: an absolute file
+        assert s.path == tmp_path / "abs.db" and s.backend == "sqlite"
+    with pytest.raises(ValueError, match=r"unsupported store URL 'mysql://root:\*\*\*@db/x'.*postgresql://"):
+        RolloutStore("mysql://root:pw@db/x")

@@ -1,0 +1,145 @@
+"""The rollout store on a real PostgreSQL server: the controller on Ray writes there, and a controller killed
+with SIGKILL comes back from it, at the same stage with the same events. The URL's password shows nowhere.
+
+A second application, ``canary-pg`` under ``/pg``, runs beside the session's ``canary`` app: a controller
+keeps the store it was created with, so the PostgreSQL store needs an application (and controller) of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import ray
+from conftest import ADMIN_TOKEN, Canary, wait_until
+from postgres_server import PostgresServer, postgres_server
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from rollout.controller import NAMESPACE, controller_name
+from serving.config import IngressConfig, validate_section
+
+APP = "canary-pg"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+LONG = [
+    {"shadow_percent": 100, "min_duration_s": 3600, "min_requests": 40},
+    {"weight": 30, "min_duration_s": 3600, "min_requests": 40},
+    {"weight": 100, "min_duration_s": 3600, "min_requests": 40},
+]
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    yield from postgres_server()
+
+
+def with_postgres_app(config: dict[str, Any], url: str) -> dict[str, Any]:
+    """The session's config plus a copy of its application named ``canary-pg``, with its store at ``url``."""
+    config = copy.deepcopy(config)
+    app = copy.deepcopy(config["applications"][0])
+    app["name"], app["route_prefix"] = APP, "/pg"
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    rollout = ingress["user_config"]["rollout"]
+    rollout.pop("candidate_weight", None)
+    rollout.update(
+        mode="auto",
+        rollout_id="pg-kill-1",
+        owner="ml-platform@example.com",
+        rollback_condition="errors above 1%",
+        stages=LONG,
+        promotion_gates={"error_rate": {"maximum": 0.01}},
+        store={"url": url},
+    )
+    validate_section(IngressConfig, ingress["user_config"], source="the canary-pg Ingress user_config")
+    config["applications"].append(app)
+    return config
+
+
+def deploy(config: dict[str, Any]) -> None:
+    serve.context._get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+
+
+@pytest.fixture
+def pg_app(canary_app: Canary, postgres: PostgresServer) -> Iterator[tuple[httpx.Client, str]]:
+    url = postgres.create_database()
+    deploy(with_postgres_app(canary_app.config, url))
+    http = httpx.Client(base_url=f"{canary_app.url}/pg", timeout=30)
+    try:
+        wait_until(lambda: serve.status().applications[APP].status == "RUNNING", 240, what=f"{APP} RUNNING")
+        wait_until(lambda: http.get("/rollout").json().get("stage") == "shadow", 60, what="shadow stage")
+        yield http, url
+    finally:
+        http.close()
+        deploy(canary_app.config)  # the session's app alone again
+        with contextlib.suppress(ValueError):  # detached: it would outlive the app and the server
+            ray.kill(ray.get_actor(controller_name(APP), namespace=NAMESPACE), no_restart=True)
+
+
+def test_postgres_store_controller_killed_with_sigkill_resumes_from_it(
+    pg_app: tuple[httpx.Client, str], postgres: PostgresServer
+) -> None:
+    http, url = pg_app
+    for i in range(20):
+        assert http.post(
+            "/predict", json={"features": [0.1] * 30}, headers={"X-Routing-Key": f"k{i}"}
+        ).is_success
+    paused = http.post("/rollout/pause", json={"reason": "INC-7", "actor": "alice"}, headers=ADMIN)
+    assert paused.status_code == 200, paused.text
+    before = http.get("/rollout").json()
+    assert before["stage"] == "paused"
+
+    # the state, the events and the request log are in PostgreSQL, not in a file
+    with psycopg.connect(url) as conn:
+        state = conn.execute("SELECT state FROM rollouts WHERE key = %s", (before["rollout_key"],)).fetchone()
+        assert state is not None and json.loads(state[0])["phase"] == "paused"
+        events = conn.execute(
+            "SELECT COUNT(*) FROM events WHERE key = %s", (before["rollout_key"],)
+        ).fetchone()
+        assert events[0] == before["events_total"] >= 2
+        wait_until(
+            lambda: conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] >= 20, 30, what="request log"
+        )
+
+    actor = ray.get_actor(controller_name(APP), namespace=NAMESPACE)
+    pid = ray.get(actor.ready.remote(), timeout=30)
+    os.kill(pid, signal.SIGKILL)
+    after = wait_until(
+        lambda: (
+            ray.get(actor.ready.remote(), timeout=30) != pid
+            and (s := http.get("/rollout").json()).get("stage")
+            and s
+        ),
+        120,
+        every=1,
+        what="controller back",
+    )
+    assert after["rollout_key"] == before["rollout_key"]
+    assert after["stage"] == "paused" and after["candidate_weight"] == before["candidate_weight"] == 0
+    assert after["events_total"] >= before["events_total"]
+    assert [e["seq"] for e in after["events"]][: len(before["events"])] == [
+        e["seq"] for e in before["events"]
+    ]
+    assert ("paused", "alice", "INC-7") in [
+        (e["kind"], e.get("actor"), e.get("reason")) for e in after["events"]
+    ]
+    backend, location = ray.get(
+        actor.__ray_call__.remote(lambda self: (self._core.store.backend, self._core.store.location)),
+        timeout=30,
+    )
+    assert backend == "postgresql" and location == url.replace(postgres.password, "***")
+
+    # the password is in no answer and in no log of this Ray session
+    for path in ("/rollout", "/metrics", "/rollout/series"):
+        assert postgres.password not in http.get(path).text, path
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    leaked = [p.name for p in logs.rglob("*") if p.is_file() and postgres.password.encode() in p.read_bytes()]
+    assert leaked == []

@@ -1,0 +1,62 @@
+"""configs/kuberay/rayservice.yaml: a RayService valid against the CRD's schema (kept in the repo), whose
+serveConfigV2 is a canary-serve config that passes the same checks as `canary validate`."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from rollout.configfile import check_config
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFEST = ROOT / "configs" / "kuberay" / "rayservice.yaml"
+SCHEMA = json.loads((ROOT / "configs" / "kuberay" / "rayservice-schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def documents():
+    return [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
+
+
+def rayservice(documents):
+    return next(d for d in documents if d["kind"] == "RayService")
+
+
+def test_the_rayservice_matches_the_crd_schema(documents):
+    jsonschema.validate(rayservice(documents), SCHEMA)
+
+
+def test_the_schema_catches_what_kuberay_refuses(documents):
+    broken = rayservice(documents)
+    broken["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0  # must be a string
+    with pytest.raises(jsonschema.ValidationError, match="is not of type 'string'"):
+        jsonschema.validate(broken, SCHEMA)
+
+
+def test_serve_config_v2_is_a_valid_canary_config_with_gpus_autoscaling_and_postgres(documents):
+    spec = rayservice(documents)["spec"]
+    serve_config = yaml.safe_load(spec["serveConfigV2"])
+    check_config(serve_config, "serveConfigV2")  # raises InvalidConfigError naming the key
+    deployments = {d["name"]: d for d in serve_config["applications"][0]["deployments"]}
+    assert deployments["stable"]["ray_actor_options"]["num_gpus"] == 1
+    assert deployments["stable"]["autoscaling_config"]["min_replicas"] >= 2  # stable stays warm for rollback
+    assert deployments["candidate"]["autoscaling_config"]["min_replicas"] >= 1
+    assert deployments["Ingress"]["user_config"]["rollout"]["store"]["url"].startswith("postgresql://")
+    groups = spec["rayClusterConfig"]["workerGroupSpecs"]
+    assert any(
+        c["resources"]["limits"].get("nvidia.com/gpu")
+        for g in groups
+        for c in g["template"]["spec"]["containers"]
+    )
+
+
+def test_prometheus_scrapes_metrics_through_a_podmonitor(documents):
+    monitor = next(d for d in documents if d["kind"] == "PodMonitor")
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["path"] == "/metrics" and endpoint["port"] == "serve"
+    head = rayservice(documents)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert "serve" in {p["name"] for p in head["ports"]}
