@@ -230,7 +230,18 @@ def test_a_bad_tier_is_named_at_the_top_of_the_page(demo, browser, tmp_path):
     # the faulty build goes out with no traffic first, then its rollout starts (it judges that build alone)
     deploy(tmp_path, {"mode": "manual", "candidate_weight": 0, "shadow_percent": 0}, slow_gold)
     wait_until(lambda: http.get("/rollout").json().get("stage") == "manual", 60, "manual routing")
-    time.sleep(3)  # the candidate replica applies its new user_config
+
+    def gold_is_slow() -> bool:  # an operator's probe of the candidate alone: its new config has applied
+        probe = {"X-Canary-Force-Arm": "candidate", "X-Tenant-Tier": "gold"}
+        started = time.monotonic()
+        r = http.post(
+            "/predict",
+            json={"features": [0.1] * 30},
+            headers={**probe, "Authorization": f"Bearer {admin_token()}"},
+        )
+        return r.status_code == 200 and time.monotonic() - started >= 0.25
+
+    wait_until(gold_is_slow, 60, "the candidate's gold fault")
     fast = [
         {"shadow_percent": 100, "min_duration_s": 5, "min_requests": 60},
         {"weight": 30, "min_duration_s": 5, "min_requests": 60},
