@@ -71,14 +71,7 @@ def existing_cluster(tmp_path: Path) -> Iterator[str]:
             time.sleep(1)
         yield address
     finally:
-        subprocess.run(
-            [str(BIN / "serve"), "shutdown", "--address", address, "--yes"],
-            env=ray_cli_env(),
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started, Serve included
         try:
             head.wait(timeout=90)
         except subprocess.TimeoutExpired:

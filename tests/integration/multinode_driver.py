@@ -9,12 +9,14 @@ and exits non-zero with the failed check's message.
 Topology (``ray.cluster_utils.Cluster``, every raylet on this machine, one CPU each):
 
     head            Serve's controller and its HTTP proxy (HeadOnly)
-    node-a          Ingress replica 1, stable         (custom resources ingress, stable_arm)
-    node-b          Ingress replica 2, candidate      (custom resources ingress, candidate_arm)
-    node-c          a spare, added before a node is removed (ingress, stable_arm, candidate_arm)
+    node-a          Ingress replica 1, stable         (custom resources worker, ingress, stable_arm)
+    node-b          Ingress replica 2, candidate      (custom resources worker, ingress, candidate_arm)
+    node-c          a spare, added before a node is removed (all of them)
 
-The rollout controller goes where Ray puts it (next to the Ingress replica that created it); the store is
-PostgreSQL, as on a real cluster, where a SQLite file on the lost node's disk would be lost with it.
+The store is PostgreSQL, as on a real cluster, where a SQLite file on the lost node's disk would be lost with
+it. The controller needs no resources, so Ray may place it on any node, the head included, which this test
+cannot remove; so the test creates it first, as `get_or_create_controller` would, asking for a sliver of a
+custom resource only the worker nodes have (``worker``), and the Ingress replicas find it by name as always.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from conftest import wait_until
 from ray import serve
 from ray.cluster_utils import Cluster
 from ray.serve.schema import ServeDeploySchema
+
+from rollout.controller import NAMESPACE, RolloutController, controller_name
+from serving.config import IngressConfig, validate_section
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "canary"
@@ -129,14 +134,16 @@ def run(store_url: str) -> None:
         head_node_args={
             "num_cpus": 1,
             "include_dashboard": False,
+            # not the default 52365: the integration session's own cluster may be running beside this one
+            "dashboard_agent_listen_port": free_port(),
             # notice a removed node in seconds, not the default ~30 s
             "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
         },
     )
     try:
         nodes = {
-            "node-a": cluster.add_node(num_cpus=1, resources={"ingress": 1, "stable_arm": 1}),
-            "node-b": cluster.add_node(num_cpus=1, resources={"ingress": 1, "candidate_arm": 1}),
+            "node-a": cluster.add_node(num_cpus=1, resources={"worker": 1, "ingress": 1, "stable_arm": 1}),
+            "node-b": cluster.add_node(num_cpus=1, resources={"worker": 1, "ingress": 1, "candidate_arm": 1}),
         }
         ray.init(
             address=cluster.address,
@@ -156,8 +163,24 @@ def run(store_url: str) -> None:
 def scenario(cluster: Cluster, nodes: dict[str, Any], store_url: str) -> None:
     names = {n.node_id: name for name, n in nodes.items()} | {cluster.head_node.node_id: "head"}
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     config = multinode_config(port, store_url)
+    deployment = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
+    store = validate_section(IngressConfig, deployment["user_config"], source="Ingress").rollout.store
+    retention = {
+        "windows_s": store.windows_retention_s,
+        "request_log_s": store.request_log_retention_s,
+        "max_requests": store.max_logged_requests,
+    }
+    controller = RolloutController.options(
+        name=controller_name(APP),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        resources={"worker": 0.01},  # any worker node, never the head (see the module docstring)
+    ).remote(APP, store.location, retention)
+    ray.get(controller.ready.remote(), timeout=120)
+    step(f"the rollout controller starts on {names.get(controller_node() or '', '?')}")
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     serve.context._get_global_client().deploy_apps(ServeDeploySchema.model_validate(copy.deepcopy(config)))
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     wait_until(lambda: serve.status().applications[APP].status == "RUNNING", 300, what="app RUNNING")
@@ -226,9 +249,10 @@ def scenario(cluster: Cluster, nodes: dict[str, Any], store_url: str) -> None:
     # 4. the controller's node goes away: it comes back on another node and resumes from the store
     before = http.get("/rollout").json()
     home = controller_node()
-    check(home in names and names[home] != "head", f"the controller runs on {names.get(home, home)}")
+    where = names.get(home or "", home)
+    check(where in ("node-a", "node-b"), f"the controller runs on {where}")
     nodes["node-c"] = cluster.add_node(
-        num_cpus=1, resources={"ingress": 1, "stable_arm": 1, "candidate_arm": 1}
+        num_cpus=1, resources={"worker": 1, "ingress": 1, "stable_arm": 1, "candidate_arm": 1}
     )
     names[nodes["node-c"].node_id] = "node-c"
     step(f"removing {names[home]}, where the controller runs (stage {before['stage']}, weight 60)")

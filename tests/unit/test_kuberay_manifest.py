@@ -1,6 +1,7 @@
 """configs/kuberay/rayservice.yaml: a RayService valid against the CRD's schema (kept in the repo), whose
 serveConfigV2 is a canary-serve config that passes the same checks as `canary validate`."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def documents():
 
 
 def rayservice(documents):
-    return next(d for d in documents if d["kind"] == "RayService")
+    """A fresh copy: tests break it on purpose."""
+    return copy.deepcopy(next(d for d in documents if d["kind"] == "RayService"))
 
 
 def test_the_rayservice_matches_the_crd_schema(documents):
@@ -60,3 +62,23 @@ def test_prometheus_scrapes_metrics_through_a_podmonitor(documents):
         "containers"
     ][0]
     assert "serve" in {p["name"] for p in head["ports"]}
+
+
+def test_the_schema_catches_a_misspelt_worker_group_field(documents):
+    broken = rayservice(documents)
+    group = broken["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    group["maxReplica"] = group.pop("maxReplicas")
+    with pytest.raises(jsonschema.ValidationError, match="'maxReplica' was unexpected"):
+        jsonschema.validate(broken, SCHEMA)
+
+
+def test_the_gpu_workers_hold_both_arms_at_their_minimum_and_maximum(documents):
+    # stable's warm minimum is what a rollback relies on: it must fit the GPU pods the cluster always keeps
+    spec = rayservice(documents)["spec"]
+    serve_config = yaml.safe_load(spec["serveConfigV2"])
+    arms = [d for d in serve_config["applications"][0]["deployments"] if d["name"] in ("stable", "candidate")]
+    group = next(g for g in spec["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    per_pod = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    for bound, pods in (("min_replicas", group["minReplicas"]), ("max_replicas", group["maxReplicas"])):
+        gpus = sum(a["autoscaling_config"][bound] * a["ray_actor_options"]["num_gpus"] for a in arms)
+        assert gpus <= pods * per_pod, f"{bound}: the arms need {gpus} GPUs, the {pods} pods have fewer"
