@@ -22,6 +22,7 @@ from rollout.policy import rollout_key
 from rollout.report import ReportInput
 from rollout.state import TelemetryState
 from rollout.store import RolloutStore
+from rollout.store_url import redact
 from serving.config import IngressConfig
 from serving.segments import ALL
 from serving.sketch import LatencySketch
@@ -41,6 +42,16 @@ class FeedbackError(Exception):
     def __init__(self, status: int, field: str, message: str) -> None:
         self.status, self.field = status, field
         super().__init__(message)
+
+
+def without_secrets(section: dict[str, Any]) -> dict[str, Any]:
+    """The Ingress section as the store keeps it: a password in the store's URL masked (the hash is
+    still taken over what was deployed, so the same config deployed again is recognised)."""
+    store = section.get("rollout", {}).get("store") or {}
+    masked = {key: redact(store[key]) for key in ("url", "path") if isinstance(store.get(key), str)}
+    if not masked:
+        return section
+    return {**section, "rollout": {**section["rollout"], "store": {**store, **masked}}}
 
 
 def config_hash(section: dict[str, Any], versions: dict[str, str]) -> str:
@@ -193,7 +204,7 @@ class RolloutSupervisor:
         self.store.save_rollout(
             key,
             app=self.app,
-            policy={"config": section, "versions": versions, "hash": digest},
+            policy={"config": without_secrets(section), "versions": versions, "hash": digest},
             state=machine.state.to_dict(),
         )
         self._record(machine, events)

@@ -201,7 +201,7 @@ class Ingress:
             store = config.rollout.store
             self._controller = get_or_create_controller(
                 self._app,
-                store.path,
+                store.location,
                 {
                     "windows_s": store.windows_retention_s,
                     "request_log_s": store.request_log_retention_s,

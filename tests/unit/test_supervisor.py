@@ -292,3 +292,23 @@ def test_a_rollback_on_evidence_still_acts_while_the_store_fails(store_path: Pat
     store.broken = True
     run(sup, clock, 60, bad_tier="gold")
     assert sup.view()["stage"] == "rolled_back" and sup.table()["candidate_weight"] == 0
+
+
+def test_a_store_password_is_never_written_to_the_store_and_the_rollout_still_resumes(
+    store_path: Path, clock: Clock
+) -> None:
+    url = "postgresql://canary:s3cret-pw@db.internal:5432/canary"
+    deployed = section(store={"url": url})
+    sup = supervisor(store_path, clock)
+    sup.configure(deployed, VERSIONS)
+    run(sup, clock, 12)
+    sup.persist()
+    written = [f for f in store_path.parent.iterdir() if f.name.startswith(store_path.name)]  # WAL included
+    assert written and not any(b"s3cret-pw" in f.read_bytes() for f in written)
+    again = supervisor(store_path, clock)
+    stage = again.view()["stage"]
+    assert stage in ("shadow", "canary")
+    # the same config deployed again is recognised as the same rollout, password and all
+    again.configure(deployed, VERSIONS)
+    assert again.view()["stage"] == stage
+    assert [e["kind"] for e in again.view()["events"]].count("started") == 1
