@@ -136,7 +136,10 @@ class LocalHead:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=ray_cli_env(),
+                # On SIGTERM Ray 2.60 first drains the node for up to 30 s, for a pod whose replicas should
+                # move elsewhere; this head is the whole cluster and `stop` shuts Serve down first, so there
+                # is nothing to move and `canary down` need not wait.
+                env={**ray_cli_env(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
                 start_new_session=True,
             )
         self.pid_file.write_text(str(process.pid))
