@@ -1,4 +1,8 @@
-"""The running demo, as a user starts it (`canary up`), shared by the tests of one module."""
+"""The running demo, as a user starts it (`canary up`), shared by the end-to-end tests that need one.
+
+Started once for the package (the dashboard and Prometheus tests) and stopped with `canary down` after its
+last test; a test that needs a rollout of its own deploys one with a fresh ``rollout_id``.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ def port_taken(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def demo() -> Iterator[str]:
     if port_taken(8000) or port_taken(8265):
         pytest.skip("a Ray or Serve already listens on 127.0.0.1:8000/8265 (a running `make up`?)")
