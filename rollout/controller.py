@@ -148,7 +148,10 @@ class RolloutController:
         core = self._core
         core.telemetry.expire(time.time())
         return {
-            **core.telemetry.summary(),
+            # the current rollout's numbers (every window since it started, kept in the store, so a restarted
+            # controller shows them too); everything since start-up only before any config arrived.
+            # /metrics stays cumulative, as Prometheus counters must.
+            **core.telemetry.summary(core.window if core.machine is not None else None),
             "shadow_in_flight": core.telemetry.shadow_in_flight(),
             "rollout": core.view(),
         }

@@ -96,9 +96,10 @@ class TelemetryState:
     def per_arm(self) -> dict[str, dict[str, int]]:
         return {"oom_events": dict(self.oom_events), "restarts": dict(self.restarts)}
 
-    def summary(self) -> dict[str, Any]:
-        """The merged numbers for ``GET /rollout``: per arm, shadow, per segment, replicas."""
-        w = self.total
+    def summary(self, window: Window | None = None) -> dict[str, Any]:
+        """The merged numbers for ``GET /rollout``: per arm, shadow, per segment (of ``window``, by default
+        everything since the controller started), and the replicas."""
+        w = self.total if window is None else window
         return {
             "arms": {arm: w.arm(arm, ALL).summary() for arm in ("stable", "candidate", "shadow")},
             "shadow": w.shadow_in(ALL).summary(),

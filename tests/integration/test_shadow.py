@@ -31,7 +31,10 @@ def shadow_config(canary, percent, faults=None, **rollout):
     if faults:
         deployment(config, "candidate")["user_config"]["faults"] = faults
     canary.deploy(config)
-    wait_until(lambda: canary.rollout()["shadow_percent"] == percent, 30)
+    # both: after the demo config the shadow rate is already 0, but the weight is still 5 until this applies
+    wait_until(
+        lambda: (canary.rollout()["candidate_weight"], canary.rollout()["shadow_percent"]) == (0, percent), 30
+    )
     if faults:
         wait_until(lambda: canary.replica_info("candidate")["faults_active"], 30)
     return config

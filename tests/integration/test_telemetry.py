@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from conftest import deployment, wait_until
@@ -29,6 +30,29 @@ def test_counts_merged_over_two_ingress_replicas_equal_what_was_sent(canary):
     assert fire(canary, 200) == [200] * 200
     # each replica flushes about once a second; the merged total converges to exactly what was sent
     wait_until(lambda: served(canary) - before == 200, 30, what="merged count == 200")
+
+
+def metrics_requests(canary) -> float:
+    text = canary.http.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return sum(
+        s.value
+        for s in families["canary_requests"].samples
+        if s.name.endswith("_total") and s.labels["segment"] == "all" and s.labels["arm"] != "shadow"
+    )
+
+
+def test_a_new_rollout_shows_its_own_numbers_while_metrics_stay_cumulative(canary):
+    assert fire(canary, 30) == [200] * 30
+    wait_until(lambda: served(canary) >= 30, 30, what="the first rollout's requests counted")
+    counted_before = metrics_requests(canary)
+    canary.deploy(canary.edited(rollout_id=f"fresh-{uuid.uuid4().hex[:8]}"))
+    # a new identity (id + both versions): GET /rollout starts over, as the dashboard's columns should
+    wait_until(lambda: served(canary) == 0, 30, what="the new rollout's numbers start at 0")
+    assert fire(canary, 40) == [200] * 40
+    wait_until(lambda: served(canary) == 40, 30, what="exactly the new rollout's requests")
+    # Prometheus counters never go back: /metrics counts both rollouts
+    assert metrics_requests(canary) >= counted_before + 40 >= 70
 
 
 def test_metrics_are_prometheus_text_with_arms_side_by_side(canary):
