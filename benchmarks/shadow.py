@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.cpu_profile import PROCESSES, cpu_ms_by_process
 from benchmarks.harness import (
     closed_loop,
     demo_config,
@@ -57,12 +58,20 @@ def run_case(
     url: str, config: dict[str, Any], body, *, rounds: int, seconds: float, concurrency: int
 ) -> dict:
     runs: dict[str, list] = {"off": [], "on": []}
+    cpu: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
     counters_before = _shadow_counters(url)
     for _ in range(rounds):  # interleaved off/on so slow drift of the machine hits both alike
         for name, percent in (("off", 0.0), ("on", 100.0)):
             deploy(edit(config, "Ingress", rollout={"shadow_percent": percent}))
             _wait_shadow(url, percent)
-            runs[name].append(closed_loop(url, body, concurrency=concurrency, duration_s=seconds))
+            closed_loop(url, body, concurrency=concurrency, duration_s=2, warmup_s=0)  # warm-up, not kept
+            before = cpu_ms_by_process()
+            result = closed_loop(url, body, concurrency=concurrency, duration_s=seconds, warmup_s=0)
+            time.sleep(0.5)  # the last mirrors finish inside the measured span
+            after = cpu_ms_by_process()
+            runs[name].append(result)
+            n = max(1, result.requests)
+            cpu[name].append({k: (after.get(k, 0.0) - before.get(k, 0.0)) / n for k in after})
     counters_after = _shadow_counters(url)
     off, on = median_result(runs["off"]), median_result(runs["on"])
     pairs = list(zip(runs["off"], runs["on"], strict=True))
@@ -80,6 +89,12 @@ def run_case(
         "p99_ratio": paired("p99_ms"),
         "throughput_ratio": paired("throughput"),
         "shadow": {k: counters_after[k] - counters_before[k] for k in counters_after},
+        # CPU ms per primary request per Ray process (utime + stime from /proc), the median run per side:
+        # on saturated cores, what mirroring adds here is what throughput loses
+        "cpu_ms_per_request": {
+            side: {k: statistics.median(r.get(k, 0.0) for r in runs_) for k in PROCESSES}
+            for side, runs_ in cpu.items()
+        },
     }
 
 
@@ -158,6 +173,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {label} | {side} | {m['throughput']:.1f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} "
                 f"| {ratio} | {counts} |"
             )
+    rows += [
+        "",
+        "CPU per primary request, by Ray process (ms; median run per side; the load generator not counted):",
+        "",
+        "| process | A off | A on | A added | B off | B on | B added |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in (*PROCESSES, "total"):
+        cells = []
+        for case in (a, b):
+            off_on = [
+                sum(case["cpu_ms_per_request"][side].values())
+                if name == "total"
+                else case["cpu_ms_per_request"][side][name]
+                for side in ("off", "on")
+            ]
+            cells += [f"{off_on[0]:.2f}", f"{off_on[1]:.2f}", f"{off_on[1] - off_on[0]:+.2f}"]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(rows) + (
         f"\n\nGoal for case A (p99 ratio <= 1.10, throughput ratio >= 0.95): {'met' if goal else 'NOT met'}. "
         f"Columns: medians of {args.rounds} interleaved {args.seconds:.0f} s runs per side at "

@@ -1,14 +1,16 @@
 """A tiny run of the throughput suite on the session's Ray: raw, both plain Serve peers and canary-serve,
-closed and open loop, the results files. Behaviour only (counts add up, files hold the right keys), never
-speed."""
+closed and open loop, the results files; and the shadow-cost benchmark's off/on case. Behaviour only (counts
+add up, files hold the right keys), never speed."""
 
 from __future__ import annotations
 
+import copy
 import json
 
+from conftest import deployment, wait_until
 from ray import serve
 
-from benchmarks import bench
+from benchmarks import bench, shadow
 from benchmarks.bench import Settings, run_suite
 from benchmarks.sides import CANARY, SIDES
 
@@ -71,3 +73,26 @@ def test_bench_tiny_run_measures_every_side_and_writes_the_results(serve_port, t
     assert set(saved["models"]["fraud-v1"]) >= {"raw", "sides", "ratios", "goals", "open_rate"}
     text = md_path.read_text()
     assert "canary ÷ two-hop" in text and png.name in text
+
+
+def test_shadow_benchmark_tiny_run_counts_every_mirror_and_profiles_the_cpu(canary):
+    slowed = copy.deepcopy(canary.config)
+    deployment(slowed, "candidate")["user_config"] = {"faults": {"latency_ms": 20}}
+    case = shadow.run_case(canary.url, slowed, shadow._features, rounds=1, seconds=1.0, concurrency=2)
+
+    for side in ("off", "on"):
+        assert case[side]["requests"] > 0 and case[side]["non_2xx"] == 0
+        cpu = case["cpu_ms_per_request"][side]
+        assert set(cpu) == set(shadow.PROCESSES)
+        assert cpu["ServeReplica:canary:Ingress"] > 0 and cpu["ProxyActor"] > 0
+    counts = case["shadow"]
+    assert counts["mirrored"] >= case["on"]["requests"] > 0  # every stable answer of the on-run mirrored
+    wait_until(
+        lambda: (
+            (s := canary.rollout()["shadow"])["mirrored"]
+            == s["completed"] + s["dropped"] + s["timed_out"] + s["failed"]
+        ),
+        30,
+        what="every mirror accounted for",
+    )
+    assert case["throughput_ratio"] > 0 and case["p99_ratio"] > 0

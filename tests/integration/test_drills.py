@@ -283,7 +283,7 @@ def test_drill_store_unwritable_freezes_promotion_and_recovers(canary: Canary, t
         broken = wait_until(
             lambda: not (s := http.get("/rollout").json())["store"]["ok"] and s, 120, what="the store failing"
         )
-        time.sleep(20)  # several times what every stage needs: nothing may move
+        time.sleep(10)  # over three times what every stage needs: nothing may move
         frozen = http.get("/rollout").json()
         assert (frozen["stage"], frozen["stage_index"]) == (broken["stage"], broken["stage_index"])
         assert any(g["gate"] == "store" and g["verdict"] == "ERROR" for g in frozen["gates"])
@@ -295,7 +295,7 @@ def test_drill_store_unwritable_freezes_promotion_and_recovers(canary: Canary, t
             every=1,
             what="promoted",
         )
-        row = load.end("store disk full mid-rollout, then freed", frozen_s=20, outcome=done["stage"])
+        row = load.end("store disk full mid-rollout, then freed", frozen_s=10, outcome=done["stage"])
         load = None
         assert row["failed"] == 0 and row["lost"] == 0, row
     finally:
