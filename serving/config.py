@@ -83,7 +83,7 @@ class RolloutSection(RolloutPolicy):
         32, ge=1, le=1024, description="mirrored requests sent to the candidate together in one handle call"
     )
     shadow_batch_wait_s: float = Field(
-        0.1, ge=0, le=5, description="longest a mirrored request waits for others to share its call, seconds"
+        0.5, ge=0, le=5, description="longest a mirrored request waits for others to share its call, seconds"
     )
 
     @field_validator("candidate_weight")

@@ -62,7 +62,7 @@ class ShadowMirror:
         self.percent = 0.0
         self.max_in_flight = 256
         self.batch_size = 32
-        self.batch_wait_s = 0.1
+        self.batch_wait_s = 0.5
         self._send_batch = send_batch
         self._record_answer = record_answer
         self._rng = rng
