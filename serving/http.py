@@ -1,12 +1,40 @@
-"""HTTP helpers for the Ingress: bounded body reading, JSON parsing and error answers. No Ray."""
+"""HTTP for the Ingress: the FastAPI app its routes hang on (errors answered as JSON, never a stack trace),
+bounded body reading, JSON parsing and error answers. No Ray."""
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("ray.serve")
+
+app = FastAPI(title="canary-serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": error, "detail": exc.detail}, status_code=exc.status_code)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    return JSONResponse({"error": "invalid_input", "detail": detail}, status_code=422)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error in the Ingress")
+    return JSONResponse(
+        {"error": "internal", "detail": "unexpected error; see the Ingress log"}, status_code=500
+    )
 
 
 class HTTPProblem(Exception):
@@ -61,3 +89,8 @@ def parse_json(body: bytes) -> Any:
             "malformed_json",
             f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
         ) from None
+
+
+def controller_silent() -> JSONResponse:
+    """503 for a rollout controller that did not answer in time."""
+    return HTTPProblem(503, "controller_unavailable", "the rollout controller did not answer").response()

@@ -1,48 +1,34 @@
 """The `Ingress` deployment: validates a request, picks an arm by sticky weight, calls the model, keeps the
-output contract (falling back to stable when the candidate fails it) and labels the answer.
+output contract (falling back to stable when the candidate fails it) and labels the answer; mirrors a sample
+to the candidate, reports its counts to the rollout controller and follows its routing table. The operators'
+routes (admin, report, metrics, dashboard) are in `serving.operator_routes`.
 """
 
 import asyncio
-import base64
 import logging
-import os
 import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
+from fastapi import Request
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.artifact import InputSchema
 from models.errors import InvalidInputError
 from models.inputs import parse_request
 from models.server import ModelOverloadedError
 from rollout.controller import get_or_create_controller
-from serving.admintoken import TOKEN_ENV
 from serving.config import IngressConfig, validate_section
-from serving.dashboard import asset
 from serving.errors import InvalidConfigError
 from serving.fields import extract
-from serving.http import HTTPProblem, parse_json, read_body
-from serving.openapi import document
-from serving.operators import (
-    ACTIONS,
-    RequestLog,
-    admin_token,
-    check_bearer,
-    check_request_id,
-    parse_action,
-    parse_feedback,
-    token_from_file,
-)
+from serving.http import HTTPProblem, app, controller_silent, parse_json, read_body
+from serving.operator_routes import OperatorRoutes
+from serving.operators import RequestLog, check_request_id, parse_feedback
 from serving.routing import Arm, RoutingTable
 from serving.segments import ALL, Segment, SegmentExtractor
 from serving.shadow import ShadowMirror
@@ -59,28 +45,6 @@ MAX_PENDING_ROWS = 100_000  # request-log rows kept for the controller while it 
 # Headers a model replica never needs to see (fault injection scopes by the others).
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
-app = FastAPI(title="canary-serve", docs_url=None, redoc_url=None, openapi_url=None)
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": error, "detail": exc.detail}, status_code=exc.status_code)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    detail = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
-    return JSONResponse({"error": "invalid_input", "detail": detail}, status_code=422)
-
-
-@app.exception_handler(Exception)
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unexpected error in the Ingress")
-    return JSONResponse(
-        {"error": "internal", "detail": "unexpected error; see the Ingress log"}, status_code=500
-    )
-
 
 def _forced_arm(value: str) -> Arm:
     try:
@@ -89,10 +53,6 @@ def _forced_arm(value: str) -> Arm:
         raise HTTPProblem(
             422, "invalid_input", [{"field": FORCE_ARM_HEADER, "message": "expected stable or candidate"}]
         ) from None
-
-
-def _controller_silent() -> JSONResponse:
-    return HTTPProblem(503, "controller_unavailable", "the rollout controller did not answer").response()
 
 
 @dataclass(frozen=True)
@@ -120,7 +80,7 @@ _FAILURE_ANSWERS = {
 
 @serve.deployment(max_ongoing_requests=200, graceful_shutdown_timeout_s=10)
 @serve.ingress(app)
-class Ingress:
+class Ingress(OperatorRoutes):
     """Routes each request to the stable or the candidate model and answers with the output contract.
 
     Args:
@@ -556,118 +516,4 @@ class Ingress:
         except HTTPProblem as problem:
             return problem.response()
         except TimeoutError:
-            return _controller_silent()
-
-    def _check_admin(self, request: Request) -> None:
-        """401/403 unless the request carries the admin token; 503 when a configured token file is missing
-        or empty (admin actions are then disabled, never open)."""
-        path = self._config.admin_token_file
-        if path is not None and not os.environ.get(TOKEN_ENV, "").strip():
-            token = token_from_file(path)
-            if token is None:
-                raise HTTPProblem(
-                    503, "admin_disabled", f"admin actions are off: no token in {path!r} (admin_token_file)"
-                )
-        else:
-            if self._admin_token is None:
-                self._admin_token = admin_token()
-            token = self._admin_token
-        check_bearer(request.headers.get("authorization"), token)
-
-    @app.post("/admin/{action}")
-    async def admin(self, action: str, request: Request) -> JSONResponse:
-        """Operator actions with a bearer token: pause, resume, promote, rollback, set-weight, acknowledge.
-        Each needs ``{"reason": ...}`` (and ``"actor"``; ``"weight"`` for set-weight) and is recorded."""
-        return await self._act(action, request)
-
-    @app.post("/rollout/{action}")
-    async def rollout_action(self, action: str, request: Request) -> JSONResponse:
-        """The same actions under ``/rollout``: POST /rollout/pause, /resume, /promote, /rollback."""
-        return await self._act(action, request)
-
-    @app.put("/rollout/weight")
-    async def rollout_weight(self, request: Request) -> JSONResponse:
-        """``{"weight", "reason"}``: set the candidate's weight (the admin action set-weight)."""
-        return await self._act("set-weight", request)
-
-    async def _act(self, action: str, request: Request) -> JSONResponse:
-        try:
-            self._check_admin(request)
-            if action not in ACTIONS:
-                raise HTTPProblem(
-                    404, "unknown_action", f"unknown action {action!r}; expected one of {list(ACTIONS)}"
-                )
-            actor, reason, weight = parse_action(action, parse_json(await read_body(request, 64 * 1024)))
-            if self._controller is None:
-                raise HTTPProblem(503, "controller_unavailable", "no rollout controller yet")
-            status, result = await asyncio.wait_for(
-                self._controller.act.remote(action.replace("-", "_"), actor, reason, weight), 10
-            )
-        except HTTPProblem as problem:
-            return problem.response()
-        except TimeoutError:
-            return _controller_silent()
-        return JSONResponse(result, status_code=status)
-
-    @app.get("/admin/report")
-    async def admin_report(self, request: Request) -> JSONResponse:
-        """The post-rollout report as ``{markdown, html, images: {name: base64}}``."""
-        try:
-            self._check_admin(request)
-            if self._controller is None:
-                raise HTTPProblem(503, "controller_unavailable", "no rollout controller yet")
-            report = await asyncio.wait_for(self._controller.report.remote(), 60)
-        except HTTPProblem as problem:
-            return problem.response()
-        return JSONResponse(
-            {
-                "markdown": report["markdown"],
-                "html": report["html"],
-                "images": {name: base64.b64encode(data).decode() for name, data in report["images"].items()},
-            }
-        )
-
-    @app.get("/metrics")
-    async def metrics(self) -> Response:
-        """Prometheus text: stable and candidate side by side, merged over replicas (one scrape target)."""
-        self._ensure_tasks()
-        await self._flush()
-        try:
-            text = await asyncio.wait_for(self._controller.metrics.remote(self._rollout_state()), 10)
-        except Exception as exc:
-            return HTTPProblem(
-                503, "controller_unavailable", f"the rollout controller did not answer: {exc!r}"
-            ).response()
-        return Response(content=text, media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/rollout/series")
-    async def rollout_series(self) -> JSONResponse:
-        """Each arm's requests, latency quantiles and error rate over time (the dashboard's charts)."""
-        self._ensure_tasks()
-        try:
-            points = await asyncio.wait_for(self._controller.series.remote(), 10)
-        except Exception:
-            return _controller_silent()
-        return JSONResponse({"points": points})
-
-    @app.get("/dashboard")
-    async def dashboard(self) -> Response:
-        """One page, stable and candidate side by side, live (see serving/static)."""
-        return self._asset("index.html")
-
-    @app.get("/dashboard/{name}")
-    async def dashboard_asset(self, name: str) -> Response:
-        return self._asset(name)
-
-    def _asset(self, name: str) -> Response:
-        found = asset(name)
-        if found is None:
-            return HTTPProblem(404, "not_found", f"no dashboard file {name!r}").response()
-        body, media_type = found
-        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
-
-    @app.get("/openapi.json")
-    async def openapi(self) -> JSONResponse:
-        """This Ingress's HTTP surface (OpenAPI 3.0), with the model's input length."""
-        schema = self._input_schema
-        return JSONResponse(document(schema.length if schema.kind == "features" else None))
+            return controller_silent()
