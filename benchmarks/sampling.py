@@ -8,6 +8,7 @@ controllers, this load generator), so a run's CPU can be split per request and p
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import statistics
@@ -27,17 +28,24 @@ _ROLES = (
 )
 
 
+@functools.cache
+def process_monitor() -> GpuMonitor:
+    """This process's NVML monitor, made once: NVML is initialised, and a missing GPU said, once per run
+    rather than at every load point."""
+    return GpuMonitor()
+
+
 class GpuSampler:
     """Samples every visible GPU every ``interval_s`` while used as a context manager.
 
     Args:
         interval_s: seconds between samples.
-        monitor: the NVML monitor to sample (one over this process's visible GPUs by default; tests pass
+        monitor: the NVML monitor to sample (this process's, over its visible GPUs, by default; tests pass
             one over a fake NVML).
     """
 
     def __init__(self, interval_s: float = 0.25, monitor: GpuMonitor | None = None) -> None:
-        self._monitor = monitor if monitor is not None else GpuMonitor()
+        self._monitor = monitor if monitor is not None else process_monitor()
         self._interval = interval_s
         self._samples: list[list[dict[str, Any]]] = []
         self._stop = threading.Event()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from fake_nvml import FakeDevice, FakeNVML
 
-from benchmarks import bench, raw
+from benchmarks import bench, raw, sampling
 from benchmarks.sampling import GpuSampler, cpu_ms_by_process, cpu_per_request, role
 from models.gpu import GpuMonitor
 
@@ -93,3 +93,22 @@ def test_roles_of_ray_processes():
     assert role("ray::RolloutController.__init__") == "rollout-controller"
     assert role("/venv/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp") == "gcs"
     assert role("bash") is None
+
+
+def test_samplers_share_one_nvml_monitor_so_a_missing_gpu_is_said_once(monkeypatch, caplog):
+    made = []
+
+    def monitor() -> GpuMonitor:
+        made.append(1)
+        return GpuMonitor(FakeNVML(init_error=12), pid=1)
+
+    monkeypatch.setattr(sampling, "GpuMonitor", monitor)
+    sampling.process_monitor.cache_clear()
+    try:
+        for _ in range(3):
+            with GpuSampler() as gpu:
+                pass
+            assert gpu.summary()["available"] is False
+    finally:
+        sampling.process_monitor.cache_clear()
+    assert made == [1]
