@@ -8,10 +8,11 @@ from __future__ import annotations
 import hmac
 import math
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from serving.admintoken import admin_token as admin_token
 from serving.http import HTTPProblem
@@ -31,6 +32,13 @@ class Served:
 class RequestLog:
     """The last requests this replica answered (id → arm and segments), bounded in count and age.
 
+    A ring of ``max_entries`` slots in flat arrays: the id's 64-bit hash, the time, and references to the
+    arm name and to a shared segment list. About 32 bytes a request, allocated once, so the default 200,000
+    cost ~6 MB per Ingress replica whatever the traffic (a dict of records cost ~250 bytes each, ~50 MB).
+    ``find`` scans the hashes with numpy (~0.1 ms at 200,000): it runs per feedback call, ``add`` per
+    request. The hash is Python's keyed SipHash of the id, so a client cannot aim its ids at another's; the
+    chance that an unknown id matches a logged one by accident is ~``max_entries`` / 2⁶⁴.
+
     Example:
         >>> log = RequestLog(max_entries=2, max_age_s=60)
         >>> for i, request_id in enumerate("abc"):
@@ -40,14 +48,21 @@ class RequestLog:
     """
 
     def __init__(self, max_entries: int = 200_000, max_age_s: float = 3600.0) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, got {max_entries}")
         self.max_entries, self.max_age_s = max_entries, max_age_s
-        self._entries: OrderedDict[str, Served] = OrderedDict()
+        self._hashes = np.zeros(max_entries, dtype=np.int64)
+        self._ts = np.zeros(max_entries, dtype=np.float64)
+        self._arms: list[str | None] = [None] * max_entries
+        self._segments: list[tuple[Segment, ...]] = [()] * max_entries
+        self._next = 0  # the slot written next; the oldest entry once the ring is full
+        self._size = 0
         # Segment values are capped per label, so few distinct segment lists exist: each is kept once and
-        # shared by the entries (a soak measured ~1.2 KB per entry without this, ~0.3 KB with it).
+        # the slots refer to it.
         self._shared: dict[tuple[Segment, ...], tuple[Segment, ...]] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._size
 
     def add(self, request_id: str, arm: str, ts: float, segments: list[Segment]) -> None:
         key = tuple(segments)
@@ -56,18 +71,25 @@ class RequestLog:
             if len(self._shared) >= MAX_SHARED_SEGMENT_LISTS:
                 self._shared.clear()  # a pathological spread of values: start sharing afresh
             shared = self._shared[key] = key
-        self._entries[request_id] = Served(arm, ts, shared)
-        self._entries.move_to_end(request_id)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        slot = self._next
+        self._hashes[slot] = hash(request_id)
+        self._ts[slot] = ts
+        self._arms[slot] = arm
+        self._segments[slot] = shared
+        self._next = (slot + 1) % self.max_entries
+        self._size = min(self._size + 1, self.max_entries)
 
     def find(self, request_id: str, now: float) -> Served | None:
-        while self._entries:
-            oldest = next(iter(self._entries.values()))
-            if now - oldest.ts <= self.max_age_s:
-                break
-            self._entries.popitem(last=False)
-        return self._entries.get(request_id)
+        """The newest entry for ``request_id`` (a client may reuse its id) unless it is over ``max_age_s``."""
+        hits = np.flatnonzero(self._hashes[: self._size] == hash(request_id))
+        if hits.size == 0:
+            return None
+        # Slots were written in ring order: the newest hit is the one fewest steps behind the write position.
+        slot = int(hits[np.argmin((self._next - 1 - hits) % self.max_entries)])
+        arm = self._arms[slot]
+        if arm is None or now - self._ts[slot] > self.max_age_s:
+            return None
+        return Served(arm, float(self._ts[slot]), self._segments[slot])
 
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
