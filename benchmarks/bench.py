@@ -6,7 +6,8 @@ local (the GPUs if any, else the CPU):
 - (a) raw: the model's own batched throughput on the device at its best batch size (`benchmarks.raw`);
 - (b) the peers: plain Ray Serve serving the same model with ``@serve.batch``, proxy → model ("direct"),
   and a plain two-hop composition, ingress → handle → model ("two-hop") (`benchmarks.peers`);
-- (c) ours: canary-serve with stable 95 % / candidate 5 % (both arms the same model) and shadow 10 %.
+- (c) ours: canary-serve with stable 95 % / candidate 5 % (both arms the same model) and shadow 10 %, or at
+  the stage ``--canary-weight`` and ``--canary-shadow`` give (its results then go to a file of their own).
 
 The three serving sides are deployed together and measured interleaved at each concurrency of a closed-loop
 sweep (1, 8, 32, 128 by default), then once each in an open loop at a fixed arrival rate (latency from the
@@ -17,6 +18,7 @@ memory from NVML (absent without a GPU) and CPU time per request per process. Re
     python -m benchmarks.bench            # the full suite (about 8 minutes on 2 CPU cores)
     python -m benchmarks.bench --quick    # every path once, briefly (about 2 minutes)
     canary bench --models text --concurrency 1,32
+    canary bench --models fraud --canary-weight 0 --canary-shadow 0   # canary-serve's cost with no candidate
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ from benchmarks.harness import ROOT, write_results
 from benchmarks.loadgen import LoadResult, closed_loop, open_loop
 from benchmarks.sampling import GpuSampler, cpu_ms_by_process, cpu_per_request
 from benchmarks.sides import (
+    CANDIDATE_WEIGHT,
+    SHADOW_PERCENT,
     SIDES,
     BenchError,
     Side,
     applications,
     canary_counts,
+    canary_label,
     deploy_sides,
     remove_sides,
     take_batch_sizes,
@@ -68,6 +73,8 @@ class Settings:
     config: str | None = None  # None: configs/gpu.yaml with a GPU, configs/demo.yaml without
     max_requests: int = 200_000
     quick: bool = False
+    candidate_weight: float = CANDIDATE_WEIGHT  # canary-serve's stage: the candidate's share of live traffic
+    shadow_percent: float = SHADOW_PERCENT  # and the share of stable's traffic mirrored to it
 
 
 FULL = Settings()
@@ -183,11 +190,21 @@ def run_model(
     url = f"http://127.0.0.1:{port}"
     gpus = float(ray.cluster_resources().get("GPU", 0))
     with tempfile.TemporaryDirectory(prefix="canary-bench-") as store:
-        deploy_sides(applications(base, artifact, f"{store}/rollout.db", gpus))
+        deploy_sides(
+            applications(
+                base,
+                artifact,
+                f"{store}/rollout.db",
+                gpus,
+                settings.candidate_weight,
+                settings.shadow_percent,
+            )
+        )
         progress.step(f"{meta.version}: deployed the three serving sides")
         try:
             sides: dict[str, dict[str, Any]] = {
-                side.key: {"label": side.label, "app": side.app, "closed": []} for side in SIDES
+                side.key: {"label": labels(settings)[side.key], "app": side.app, "closed": []}
+                for side in SIDES
             }
             for side in SIDES:  # connections, lazy initialisation, the first batches
                 closed_loop(
@@ -229,6 +246,16 @@ def run_model(
     }
 
 
+def labels(settings: Settings) -> dict[str, str]:
+    """Each serving side's description, canary-serve's with the stage this run measured."""
+    return {
+        side.key: canary_label(settings.candidate_weight, settings.shadow_percent)
+        if side.key == "canary"
+        else side.label
+        for side in SIDES
+    }
+
+
 def run_suite(settings: Settings, port: int, progress: Progress | None = None) -> dict[str, Any]:
     """Runs the suite against the Ray Serve running in this process (its HTTP proxy on ``port``).
 
@@ -245,7 +272,7 @@ def run_suite(settings: Settings, port: int, progress: Progress | None = None) -
         "comparison": "(a) raw model on the device vs (b) plain Ray Serve peers vs (c) canary-serve",
         "sides": {
             "raw": "the model's batched predict on the device, best batch size",
-            **{side.key: side.label for side in SIDES},
+            **labels(settings),
         },
         "settings": {**asdict(settings), "config": config_path},
         "gpu_run": None if gpu else "pending: this machine has no GPU, so these are CPU numbers",
@@ -257,7 +284,14 @@ def run_suite(settings: Settings, port: int, progress: Progress | None = None) -
 def write(payload: dict[str, Any], directory: Path | None = None) -> tuple[Path, Path, Path]:
     """Writes ``bench-<machine>-<date>.{json,md,png}`` (``bench-quick-...`` for a quick run) to ``directory``
     (``benchmarks/results`` by default); returns the three paths."""
-    name = "bench-quick" if payload["settings"].get("quick") else "bench"
+    settings = payload["settings"]
+    name = "bench-quick" if settings.get("quick") else "bench"
+    stage = (
+        settings.get("candidate_weight", CANDIDATE_WEIGHT),
+        settings.get("shadow_percent", SHADOW_PERCENT),
+    )
+    if stage != (CANDIDATE_WEIGHT, SHADOW_PERCENT):  # another stage's run never replaces the default's file
+        name += f"-canary{stage[0]:g}-shadow{stage[1]:g}"
     json_path, md_path = write_results(name, payload, bench_report.markdown(payload), directory=directory)
     png = bench_report.plot(payload, json_path.with_suffix(".png"))
     with md_path.open("a") as f:
@@ -306,6 +340,13 @@ def _number(low: float, *, inclusive: bool) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _percent(text: str) -> float:
+    value = _number(0, inclusive=True)(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"expected a percent from 0 to 100; got {text!r}")
+    return value
 
 
 def _models(text: str) -> tuple[str, ...]:
@@ -380,6 +421,16 @@ def parser(prog: str = "python -m benchmarks.bench") -> argparse.ArgumentParser:
         type=_config,
         help="Serve config to size the sides from (default: gpu.yaml with a GPU, else demo.yaml)",
     )
+    p.add_argument(
+        "--canary-weight",
+        type=_percent,
+        help=f"canary-serve's candidate share of live traffic, 0-100 (default {CANDIDATE_WEIGHT:g})",
+    )
+    p.add_argument(
+        "--canary-shadow",
+        type=_percent,
+        help=f"canary-serve's shadow percent of stable's traffic, 0-100 (default {SHADOW_PERCENT:g})",
+    )
     p.add_argument("--out", type=_out, default=None, help="results directory (default benchmarks/results)")
     return p
 
@@ -396,6 +447,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "raw_batch_sizes": args.raw_batch_sizes,
         "raw_seconds": args.raw_seconds,
         "config": args.config,
+        "candidate_weight": args.canary_weight,
+        "shadow_percent": args.canary_shadow,
     }
     return replace(preset, **{k: v for k, v in given.items() if v is not None})
 

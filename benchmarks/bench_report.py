@@ -234,7 +234,7 @@ def markdown(payload: dict[str, Any]) -> str:
     head = [
         "Side by side in one run, same model and inputs: (a) raw = the model's batched predict on the "
         "device; (b) direct = plain Ray Serve, proxy → model with @serve.batch; two-hop = plain Ray Serve, "
-        "ingress → handle → model; (c) canary = canary-serve at stable 95 / candidate 5, shadow 10 %.",
+        f"ingress → handle → model; (c) canary = {payload['sides']['canary']}.",
         "",
         f"Closed loop, {settings['seconds']:g} s measured after {settings['warmup_s']:g} s warm-up per run, "
         f"sides interleaved; loopback, load generator on the same machine. Sized from `{settings['config']}`"

@@ -53,10 +53,17 @@ TWO_HOP = Side(
     "/bench-twohop",
     ("Model",),
 )
+
+
+def canary_label(candidate_weight: float = CANDIDATE_WEIGHT, shadow_percent: float = SHADOW_PERCENT) -> str:
+    """canary-serve's side at a stage, e.g. "canary-serve, stable 95 / candidate 5, shadow 10 %"."""
+    weight, shadow = f"{candidate_weight:g}", f"{shadow_percent:g}"
+    return f"canary-serve, stable {100 - candidate_weight:g} / candidate {weight}, shadow {shadow} %"
+
+
 CANARY = Side(
     "canary",
-    f"canary-serve, stable {100 - CANDIDATE_WEIGHT:g} / candidate {CANDIDATE_WEIGHT:g}, "
-    f"shadow {SHADOW_PERCENT:g} %",
+    canary_label(),
     "bench-canary",
     "benchmarks.peers:canary",
     "/bench-canary",
@@ -78,8 +85,16 @@ def _shared(options: dict[str, Any], replicas: int, gpus: float) -> dict[str, An
     return out
 
 
-def applications(base: dict[str, Any], artifact: str, store: str, gpus: float) -> list[dict[str, Any]]:
-    """The three serving sides as Serve applications, sized like ``base``'s canary application.
+def applications(
+    base: dict[str, Any],
+    artifact: str,
+    store: str,
+    gpus: float,
+    candidate_weight: float = CANDIDATE_WEIGHT,
+    shadow_percent: float = SHADOW_PERCENT,
+) -> list[dict[str, Any]]:
+    """The three serving sides as Serve applications, sized like ``base``'s canary application, canary-serve
+    at ``candidate_weight`` and ``shadow_percent`` (manual mode).
 
     The peers' model deployment takes the stable arm's batching, ``max_ongoing_requests`` and actor options;
     the two-hop peer's forwarder takes the Ingress's. With a GPU, the four model replicas (two peers, two
@@ -114,8 +129,8 @@ def applications(base: dict[str, Any], artifact: str, store: str, gpus: float) -
             user_config["rollout"] = {
                 **(user_config.get("rollout") or {}),
                 "mode": "manual",
-                "candidate_weight": CANDIDATE_WEIGHT,
-                "shadow_percent": SHADOW_PERCENT,
+                "candidate_weight": candidate_weight,
+                "shadow_percent": shadow_percent,
                 "store": {"path": store},
             }
             dep["user_config"] = user_config

@@ -74,9 +74,10 @@ def model(architecture, canary_throughput, canary_p50=10.0):
     }
 
 
-def payload(gpu, canary_throughput=(78.0, 290.0), architecture="fraud_logistic"):
+def payload(gpu, canary_throughput=(78.0, 290.0), architecture="fraud_logistic", settings=bench.QUICK):
     data = {
-        "settings": {**bench.asdict(bench.QUICK), "config": "configs/demo.yaml"},
+        "sides": bench.labels(settings),
+        "settings": {**bench.asdict(settings), "config": "configs/demo.yaml"},
         "gpu_run": None if gpu else "pending: no GPU",
         "models": {"m": model(architecture, canary_throughput)},
     }
@@ -160,6 +161,25 @@ def test_sides_share_the_gpu_and_take_the_canary_configs_sizes():
     assert forwarder["max_ongoing_requests"] == 200
 
 
+def test_canary_runs_at_the_stage_asked_for_and_its_results_never_replace_the_default_stages(tmp_path):
+    args = bench.parser().parse_args(["--quick", "--canary-weight", "0", "--canary-shadow", "0"])
+    settings = bench.settings_from(args)
+    assert (settings.candidate_weight, settings.shadow_percent) == (0, 0)
+    _, base = bench.base_config(settings, gpu=False)
+    canary = sides.applications(base, "models/artifacts/fraud-v2", "/tmp/x.db", 0.0, 0, 0)[2]
+    rollout = next(d for d in canary["deployments"] if d["name"] == "Ingress")["user_config"]["rollout"]
+    assert (rollout["candidate_weight"], rollout["shadow_percent"]) == (0, 0)
+
+    json_path, md_path, _ = bench.write(payload(gpu=False, settings=settings), tmp_path)
+
+    assert json_path.stem.startswith("bench-quick-canary0-shadow0-")
+    assert "canary = canary-serve, stable 100 / candidate 0, shadow 0 %" in md_path.read_text()
+    assert (
+        json.loads(json_path.read_text())["sides"]["canary"]
+        == "canary-serve, stable 100 / candidate 0, shadow 0 %"
+    )
+
+
 def test_every_progress_step_is_counted():
     assert bench.steps(bench.QUICK) == 2 * (2 + 1 + 3 * (1 + 2 + 1))
 
@@ -177,6 +197,8 @@ def test_every_progress_step_is_counted():
         (["--config", "configs/nope.yaml"], "--config"),
         (["--config", "Makefile"], "--config"),
         (["--out", "README.md"], "--out"),
+        (["--canary-weight", "101"], "--canary-weight"),
+        (["--canary-shadow", "-5"], "--canary-shadow"),
         (["--bogus"], "--bogus"),
     ],
 )
