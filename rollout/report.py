@@ -36,6 +36,7 @@ from serving.sketch import LatencySketch
 from serving.telemetry import ArmStats, Window
 
 MAX_POINTS = 200  # plotted points per series; adjacent windows merge (exactly) beyond that
+MAX_LEADS = 10  # segments listed, largest p95 ratio first, after a global FAIL no segment explains
 ARMS = ("stable", "candidate", "shadow")
 _COLORS = {"stable": "#1f77b4", "candidate": "#ff7f0e", "shadow": "#ff7f0e"}
 _VERDICT_ORDER = {"FAIL": 0, "ERROR": 1, "INCONCLUSIVE": 2, "NODATA": 3, "PASS": 4}
@@ -170,6 +171,22 @@ def _blocks(data: ReportInput, t0: float | None, t_end: float | None) -> list[Bl
             "Segment|Requests (s / c)|p95 stable|p95 candidate|Errors stable|Errors candidate|Failing gates"
         )
         blocks.append(("table", headers, [_segment_row(s, merged, failing.get(s, [])) for s in data.worse]))
+    elif global_failures := sorted({str(g.get("gate", "?")) for g in gates if _is_global_fail(g)}):
+        # A regression confined to one segment usually fails the global test first, before that segment has
+        # the samples to be named at its own level: the rollback stands, and the reader still needs a lead.
+        blocks.append(
+            (
+                "p",
+                f"The candidate failed globally ({', '.join(global_failures)}); no single segment had the "
+                "samples yet to be named at its test's level. Every segment, the largest p95 ratio of "
+                "candidate to stable first (estimates, not tested):",
+            )
+        )
+        headers = _cols(
+            "Segment|Requests (s / c)|p95 stable|p95 candidate|Errors stable|Errors candidate|Failing gates"
+        )
+        leads = _segments_by_p95_ratio(merged)[:MAX_LEADS]
+        blocks.append(("table", headers, [_segment_row(s, merged, []) for s in leads] or [[_NONE] * 7]))
     else:
         blocks.append(("p", "None: the candidate was not worse in any segment."))
 
@@ -197,6 +214,24 @@ def _gate_row(gate: dict[str, Any]) -> list[str]:
     why = "; ".join(str(x) for x in (evidence.get("rule"), evidence.get("reason")) if x) or _NONE
     sides = [_estimate(evidence.get(arm), unit) for arm in ("stable", "candidate")]
     return [name, _segment(gate.get("segment")), _verdict(gate), *sides, why]
+
+
+def _is_global_fail(gate: dict[str, Any]) -> bool:
+    return _verdict(gate) == "FAIL" and _segment(gate.get("segment")) == "all"
+
+
+def _segments_by_p95_ratio(merged: Window) -> list[str]:
+    """The segments where both live arms have latencies, the largest candidate p95 ÷ stable p95 first."""
+    ratios: list[tuple[float, str]] = []
+    for arm, segment in merged.arms:
+        if arm != "candidate" or segment == ALL:
+            continue
+        stable, candidate = merged.arms.get(("stable", segment)), merged.arms[(arm, segment)]
+        s95 = stable.latency.quantile(0.95) if stable is not None else None
+        c95 = candidate.latency.quantile(0.95)
+        if s95 and c95 is not None:
+            ratios.append((c95 / s95, f"{segment[0]}={segment[1]}"))
+    return [name for _, name in sorted(ratios, key=lambda r: (-r[0], r[1]))]
 
 
 def _segment_row(segment: str, merged: Window, gates: list[str]) -> list[str]:

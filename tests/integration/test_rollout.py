@@ -122,10 +122,17 @@ def test_a_good_candidate_is_promoted_and_a_bad_tier_is_rolled_back(canary: Cana
     canary.deploy(bad)
     state = wait_until(lambda: stage_is(canary, "rolled_back"), 240, every=1, what="rolled back")
     assert (state["candidate_weight"], state["shadow_percent"]) == (0, 0)
+    # Gold is a third of the traffic, so the global p95 fails too, often first: the global test has three
+    # times the samples and half the gate's budget, and the gold tier is named once its own samples prove it
+    # (about 50 candidate answers there). Whichever came first, no other tier is ever blamed, and the
+    # per-tier evidence the rollback rests on puts the regression in gold.
     failing = [g for g in state["gates"] if g["verdict"] == "FAIL"]
-    assert any(g["segment"] == "tier=gold" for g in failing), failing
-    assert not any(g["segment"] in ("tier=free", "tier=pro") for g in failing)
-    assert "tier=gold" in state["worse"]
+    assert failing and {g["segment"] for g in failing} <= {"all", "tier=gold"}, failing
+    assert set(state["worse"]) <= {"tier=gold"}
+    gold = next(
+        g["evidence"] for g in state["gates"] if (g["gate"], g["segment"]) == ("latency_p95_ms", "tier=gold")
+    )
+    assert gold["candidate"]["estimate"] > 1.5 * gold["stable"]["estimate"], gold
     statuses = traffic.end()
     assert statuses and set(statuses) == {200}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,17 @@ def test_rolled_back_report_puts_the_failing_gate_and_segment_first():
     p95 = re.findall(r"(\d+\.\d) ms", worst)
     assert float(p95[1]) > 1.5 * float(p95[0])  # candidate's p95 in gold, from the real windows, vs stable's
     assert "rolled_back" in md.splitlines()[0]
+
+
+def test_a_global_fail_no_segment_explains_lists_the_segments_largest_p95_ratio_first():
+    data = rolled_back()
+    gates = [gate("latency_p95_ms", "all", "FAIL", "candidate p95 above 1.5x stable's", 20.0, 31.0)]
+    md = build_report(replace(data, gates=gates, worse=[])).markdown
+    worst = md.split("## Worst segments")[1].split("##")[0]
+    assert "None: the candidate was not worse" not in worst
+    assert "failed globally (latency_p95_ms)" in worst and "not tested" in worst
+    rows = [line for line in worst.splitlines() if line.startswith("| tier=")]
+    assert len(rows) == 3 and rows[0].startswith("| tier=gold |")  # the 2x slower tier leads
 
 
 def test_hostile_strings_are_escaped_in_html_and_markdown():
