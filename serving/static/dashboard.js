@@ -184,7 +184,7 @@ function renderVerdict(state) {
   const failed = [...new Set(failing.map((g) => g.gate))].join(", ");
   if (state.stage === "rolled_back") {
     box.className = "verdict bad";
-    replace(box, "Rolled back", names.length ? [": the candidate is worse at ", join(names)] : "",
+    replace(box, "Rolled back", names.length ? [": the candidate is worse at ", join(names)] : unnamedLead(state, failing),
       h("span", { class: "detail" }, failed ? `failing gates: ${failed}` : lastReason(state, "rolled_back")));
   } else if (worse.size || failing.length) {
     box.className = "verdict bad";
@@ -204,6 +204,16 @@ function renderVerdict(state) {
     box.className = "verdict good";
     replace(box, "No segment is worse so far", h("span", { class: "detail" }, `gate results: ${summary}`));
   }
+}
+
+// A regression in one segment often fails the global test before that segment has the samples to be named:
+// then the segment with the largest p95 ratio is the lead, shown as an estimate, not a verdict.
+function unnamedLead(state, failing) {
+  if (!failing.some((g) => g.segment === "all")) return "";
+  const lead = segmentRows(state).find((row) => isNum(row.ratio) && row.ratio > 1.1);
+  if (!lead) return ": the candidate failed overall";
+  return [": the candidate failed overall; largest p95 ratio at ", h("span", { class: "segment-name" }, lead.name),
+    ` (×${lead.ratio.toFixed(2)}, an estimate: too few samples there to prove it)`];
 }
 
 function lastReason(state, to) {

@@ -260,7 +260,9 @@ def test_a_bad_tier_is_named_at_the_top_of_the_page(demo, browser, tmp_path):
     finally:
         statuses = traffic.end()
     assert statuses and set(statuses) == {200}
-    assert "tier=gold" in state["worse"]
+    # Gold is a third of the traffic, so the global p95 may fail before gold has the samples to be named
+    # (see tests/integration/test_rollout.py); either way the page leads with gold and blames no other tier.
+    assert set(state["worse"]) <= {"tier=gold"}
     try:
         page.wait_for_function(
             "() => /Rolled back.*tier=gold/.test(document.getElementById('verdict').textContent)",
@@ -268,11 +270,10 @@ def test_a_bad_tier_is_named_at_the_top_of_the_page(demo, browser, tmp_path):
         )
     except Exception as exc:
         raise AssertionError((page.locator("#verdict").inner_text(), errors, state["gates"])) from exc
-    # worst first: the gold tier heads the segment table, marked worse; the other tiers are not
+    # worst first: the gold tier heads the segment table, marked worse once judged so; the other tiers are not
     first = page.locator("#segments tbody tr").first
-    assert first.get_attribute("data-segment") == "tier=gold" and "worse" in (
-        first.get_attribute("class") or ""
-    )
+    assert first.get_attribute("data-segment") == "tier=gold"
+    assert ("worse" in (first.get_attribute("class") or "")) == ("tier=gold" in state["worse"])
     for tier in ("free", "pro"):
         row = page.locator(f'#segments tr[data-segment="tier={tier}"]')
         assert "worse" not in (row.get_attribute("class") or "")
@@ -282,5 +283,54 @@ def test_a_bad_tier_is_named_at_the_top_of_the_page(demo, browser, tmp_path):
     shot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 20_000
+    assert not errors, errors
+    page.close()
+
+
+def test_a_global_fail_no_tier_explains_yet_shows_the_largest_p95_ratio_as_an_estimate(demo, browser):
+    """The page's words when the rollback came from the global test alone: the real GET /rollout, reshaped
+    into that state and served to the page in place of the live one."""
+    live = httpx.get(f"{demo}/rollout", timeout=30).json()
+    stats = live["arms"]["stable"]["stats"]
+
+    def arm(requests: int, p95: float) -> dict[str, Any]:
+        return {**stats, "requests": requests, "latency_ms": {"p50": p95 / 2, "p95": p95, "p99": p95 * 1.2}}
+
+    sh = {**live["shadow"], "stats": arm(0, 0.0)}
+    ratios = {"free": 1.02, "pro": 0.97, "gold": 21.0}
+    state = {
+        **live,
+        "stage": "rolled_back",
+        "candidate_weight": 0,
+        "worse": [],
+        "gates": [
+            {
+                "gate": "latency_p95_ms",
+                "segment": "all",
+                "verdict": "FAIL",
+                "evidence": {"rule": "p95", "reason": "candidate p95 above 1.5x stable's"},
+            },
+            *(
+                {"gate": "latency_p95_ms", "segment": f"tier={t}", "verdict": "INCONCLUSIVE", "evidence": {}}
+                for t in ratios
+            ),
+        ],
+        "segments": [
+            {"label": "tier", "value": t, "stable": arm(60, 12), "candidate": arm(13, 12 * r), "shadow": sh}
+            for t, r in ratios.items()
+        ],
+    }
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.route(re.compile(r".*/rollout$"), lambda route: route.fulfill(json=state))
+    page.goto(f"{demo}/dashboard")
+    page.wait_for_function("() => /Rolled back/.test(document.getElementById('verdict').textContent)")
+    verdict = page.locator("#verdict").inner_text()
+    assert "failed overall; largest p95 ratio at tier=gold (×21.00, an estimate" in verdict, verdict
+    assert "is worse at" not in verdict
+    rows = page.locator("#segments tbody tr")
+    assert rows.first.get_attribute("data-segment") == "tier=gold"
+    assert all("worse" not in (rows.nth(i).get_attribute("class") or "") for i in range(rows.count()))
     assert not errors, errors
     page.close()
