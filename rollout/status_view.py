@@ -40,6 +40,7 @@ VERDICT_STYLES = {
 MAX_SEGMENT_ROWS = 15
 MAX_EVENTS = 8
 MAX_WORSE = 10
+LEAD_RATIO = 1.1  # a segment's p95 ratio worth naming as a lead when no segment is judged worse
 
 # Segment rows worth a line, most alarming first; PASS and NODATA segments are only counted.
 _SHOWN_SEGMENT_VERDICTS = ("FAIL", "ERROR", "INCONCLUSIVE")
@@ -260,12 +261,33 @@ def _gates(state: Mapping[str, Any]) -> RenderableType | None:
 def _worse(state: Mapping[str, Any]) -> Text | None:
     worse = [w for w in map(_str, _seq(state.get("worse"))) if w]
     if not worse:
-        return None
+        return _unnamed_lead(state)
     line = Text("candidate worse in  ", style="bold")
     line.append(", ".join(worse[:MAX_WORSE]), style="red")
     if len(worse) > MAX_WORSE:
         line.append(f"  (+{len(worse) - MAX_WORSE} more)")
     return line
+
+
+def _unnamed_lead(state: Mapping[str, Any]) -> Text | None:
+    """After a global FAIL no segment has the samples to be named for yet: the segment with the largest p95
+    ratio (candidate ÷ stable, above 1.1), said to be an estimate."""
+    gates = [_map(g) for g in _seq(state.get("gates"))]
+    if not any(_is_global(g.get("segment")) and _verdict(g) == "FAIL" for g in gates):
+        return None
+    ratios: list[tuple[float, str]] = []
+    for seg in map(_map, _seq(state.get("segments"))):
+        stable = _num(_map(_map(seg.get("stable")).get("latency_ms")).get("p95"))
+        candidate = _num(_map(_map(seg.get("candidate")).get("latency_ms")).get("p95"))
+        label, value = _str(seg.get("label")), _str(seg.get("value"))
+        if stable and candidate is not None and label and value and candidate / stable > LEAD_RATIO:
+            ratios.append((candidate / stable, f"{label}={value}"))
+    line = Text("failed overall  ", style="bold")
+    if not ratios:
+        return line.append("no segment has a p95 ratio above 1.1")
+    ratio, name = max(ratios)
+    line.append(f"largest p95 ratio at {name}", style="red")
+    return line.append(f" (×{ratio:.2f}, an estimate: too few samples there to prove it)")
 
 
 def _events(state: Mapping[str, Any], now: float) -> Table | None:

@@ -130,6 +130,29 @@ def test_a_promoted_rollout_shows_its_stage_arms_gates_and_events():
     assert "config error" not in text
 
 
+def test_a_global_fail_no_segment_is_named_for_gives_the_largest_p95_ratio_as_an_estimate():
+    def seg(value: str, stable_p95: float, candidate_p95: float) -> dict[str, Any]:
+        return {
+            "label": "tier",
+            "value": value,
+            "stable": {"requests": 60, "latency_ms": {"p95": stable_p95}},
+            "candidate": {"requests": 13, "latency_ms": {"p95": candidate_p95}},
+        }
+
+    state = {
+        **ROLLED_BACK,
+        "gates": [gate("latency_p95", "all", "FAIL", "p95 above 1.5x stable's")],
+        "worse": [],
+        "segments": [seg("free", 12.0, 12.5), seg("gold", 12.0, 252.0), seg("pro", 11.0, None)],
+    }
+    text = status_text(state, now=NOW)
+    assert lines_with(text, "failed overall", "largest p95 ratio at tier=gold (×21.00, an estimate")
+    assert not lines_with(text, "candidate worse in")
+    calm = {**state, "segments": [seg("free", 12.0, 12.5)]}
+    assert lines_with(status_text(calm, now=NOW), "failed overall", "no segment has a p95 ratio above 1.1")
+    assert not lines_with(status_text(PROMOTED, now=NOW), "failed overall")
+
+
 def test_gate_values_are_shown_in_the_unit_their_name_says():
     text = status_text(PROMOTED, now=NOW)
 
