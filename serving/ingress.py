@@ -8,7 +8,6 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -329,7 +328,8 @@ class Ingress(OperatorRoutes):
             [i for i, _ in items], [h for _, h in items]
         )
         try:
-            answers = await asyncio.wait_for(response, timeout)
+            async with asyncio.timeout(timeout):
+                answers = await response
         except TimeoutError:
             response.cancel()
             return [Outcome(Arm.CANDIDATE, "timeout", latency_s=time.perf_counter() - started)] * len(items)
@@ -347,14 +347,16 @@ class Ingress(OperatorRoutes):
             return Outcome(arm, "contract", output if isinstance(output, dict) else None, problems, latency)
         return Outcome(arm, "ok", output, latency_s=latency)
 
-    async def _call(self, arm: Arm, inputs: dict[str, Any], headers: Mapping[str, str]) -> Outcome:
+    async def _call(self, arm: Arm, inputs: dict[str, Any], headers: dict[str, str]) -> Outcome:
         timeout = getattr(self._config.rollout.timeouts_s, arm.value)
         started = time.perf_counter()
         attempt = 0
         while True:
-            response = self._handles[arm].predict.remote(inputs, dict(headers))
+            response = self._handles[arm].predict.remote(inputs, headers)
             try:
-                output = await asyncio.wait_for(response, timeout - (time.perf_counter() - started))
+                # asyncio.timeout, unlike wait_for, does not wrap the response in a task of its own
+                async with asyncio.timeout(timeout - (time.perf_counter() - started)):
+                    output = await response
                 break
             except RayActorError as exc:
                 # the replica died under the request (killed, node lost): a prediction is idempotent, so it
