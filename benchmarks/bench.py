@@ -10,12 +10,14 @@ local (the GPUs if any, else the CPU):
   the stage ``--canary-weight`` and ``--canary-shadow`` give (its results then go to a file of their own).
 
 The three serving sides are deployed together and measured interleaved at each concurrency of a closed-loop
-sweep (1, 8, 32, 128 by default), then once each in an open loop at a fixed arrival rate (latency from the
-scheduled send). Each run records requests/s, p50/p95/p99, the batch-size distribution, GPU utilisation and
-memory from NVML (absent without a GPU) and CPU time per request per process. Results go to
+sweep (1, 8, 32, 128 by default); the sweep is repeated (``--rounds``, 3 by default) and each point's ratios
+are the median of the rounds' own ratios, so a drift of the host between rounds does not decide a goal. Then
+each side runs once in an open loop at a fixed arrival rate (latency from the scheduled send). Each run
+records requests/s, p50/p95/p99, the batch-size distribution, GPU utilisation and memory from NVML (absent
+without a GPU) and CPU time per request per process. Results go to
 ``benchmarks/results/bench-<machine>-<date>.{json,md,png}`` (``bench-quick-...`` for ``--quick``).
 
-    python -m benchmarks.bench            # the full suite (about 8 minutes on 2 CPU cores)
+    python -m benchmarks.bench            # the full suite (about 13 minutes on 2 CPU cores)
     python -m benchmarks.bench --quick    # every path once, briefly (about 2 minutes)
     canary bench --models text --concurrency 1,32
     canary bench --models fraud --canary-weight 0 --canary-shadow 0   # canary-serve's cost with no candidate
@@ -64,7 +66,8 @@ class Settings:
 
     models: tuple[str, ...] = tuple(MODELS.values())
     concurrency: tuple[int, ...] = (1, 8, 32, 128)
-    seconds: float = 8.0
+    rounds: int = 3  # closed-loop sweeps, interleaved; a point's ratios are the median over the rounds
+    seconds: float = 5.0
     warmup_s: float = 2.0
     open_seconds: float = 8.0
     open_load: float = 0.7  # the open loop's rate, as a share of the slowest side's best closed-loop req/s
@@ -80,6 +83,7 @@ class Settings:
 FULL = Settings()
 QUICK = Settings(
     concurrency=(1, 8),
+    rounds=1,
     seconds=1.5,
     warmup_s=0.5,
     open_seconds=1.5,
@@ -99,7 +103,8 @@ class Progress:
 
 def steps(settings: Settings) -> int:
     """How many `Progress.step` calls a run of ``settings`` makes."""
-    per_model = len(settings.raw_batch_sizes) + 1 + len(SIDES) * (1 + len(settings.concurrency) + 1)
+    closed = settings.rounds * len(settings.concurrency)
+    per_model = len(settings.raw_batch_sizes) + 1 + len(SIDES) * (1 + closed + 1)
     return per_model * len(settings.models)
 
 
@@ -133,6 +138,15 @@ def measured(
         "gpu": gpu.summary(),
         "cpu_ms_per_request": cpu_per_request(before, cpu_ms_by_process(), result.sent),
     }
+
+
+def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One point of the closed-loop sweep over its rounds: the round with the median req/s (the lower
+    middle one for an even count), whole, so its latency, batch sizes and CPU belong together, with every
+    round's req/s and latency under ``rounds`` (which `benchmarks.bench_report` pairs across sides)."""
+    middle = sorted(runs, key=lambda r: r["throughput"])[(len(runs) - 1) // 2]
+    keep = ("throughput", "p50_ms", "p95_ms", "p99_ms")
+    return {**middle, "rounds": [{k: r[k] for k in keep} for r in runs]}
 
 
 def run_side(
@@ -203,9 +217,9 @@ def run_model(
         progress.step(f"{meta.version}: deployed the three serving sides")
         try:
             sides: dict[str, dict[str, Any]] = {
-                side.key: {"label": labels(settings)[side.key], "app": side.app, "closed": []}
-                for side in SIDES
+                side.key: {"label": labels(settings)[side.key], "app": side.app} for side in SIDES
             }
+            runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
             for side in SIDES:  # connections, lazy initialisation, the first batches
                 closed_loop(
                     url,
@@ -216,15 +230,18 @@ def run_model(
                     warmup_s=0,
                 )
                 progress.step(f"{meta.version}: warmed up {side.key}")
-            for i, concurrency in enumerate(settings.concurrency):
-                order = SIDES[i % len(SIDES) :] + SIDES[: i % len(SIDES)]  # nobody always goes first
-                for side in order:
-                    run = run_side(url, side, pool, settings, concurrency=concurrency)
-                    sides[side.key]["closed"].append(run)
-                    progress.step(
-                        f"{meta.version} {side.key} ×{concurrency}: {run['throughput']:,.0f} req/s, "
-                        f"p50 {run['p50_ms']:.1f} ms"
-                    )
+            for round_ in range(settings.rounds):
+                for i, concurrency in enumerate(settings.concurrency):
+                    first = (i + round_) % len(SIDES)
+                    for side in SIDES[first:] + SIDES[:first]:  # nobody always goes first
+                        run = run_side(url, side, pool, settings, concurrency=concurrency)
+                        runs.setdefault((side.key, concurrency), []).append(run)
+                        progress.step(
+                            f"{meta.version} round {round_ + 1}/{settings.rounds} {side.key} ×{concurrency}: "
+                            f"{run['throughput']:,.0f} req/s, p50 {run['p50_ms']:.1f} ms"
+                        )
+            for side in SIDES:
+                sides[side.key]["closed"] = [median_round(runs[side.key, c]) for c in settings.concurrency]
             slowest = min(max(r["throughput"] for r in s["closed"]) for s in sides.values())
             rate = max(1.0, settings.open_load * slowest)
             for side in SIDES:
@@ -328,6 +345,16 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, e.g. 3; got {text!r}")
+    return value
+
+
 def _number(low: float, *, inclusive: bool) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -402,7 +429,12 @@ def parser(prog: str = "python -m benchmarks.bench") -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="every path once, briefly (a smoke run, ~2 min)")
     p.add_argument("--models", type=_models, help="fraud, text or artifact directories (default: fraud,text)")
     p.add_argument("--concurrency", type=_positive_ints, help="closed-loop clients (default 1,8,32,128)")
-    p.add_argument("--seconds", type=_number(0, inclusive=False), help="measured seconds per run (default 8)")
+    p.add_argument(
+        "--rounds",
+        type=_positive_int,
+        help="closed-loop sweeps, interleaved; ratios are the median over them (default 3)",
+    )
+    p.add_argument("--seconds", type=_number(0, inclusive=False), help="measured seconds per run (default 5)")
     p.add_argument(
         "--warmup", type=_number(0, inclusive=True), help="unmeasured seconds before each run (default 2)"
     )
@@ -440,6 +472,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     given = {
         "models": args.models,
         "concurrency": args.concurrency,
+        "rounds": args.rounds,
         "seconds": args.seconds,
         "warmup_s": args.warmup,
         "open_seconds": args.open_seconds,

@@ -8,6 +8,7 @@ JSON, the Markdown and the PNG next to each other).
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +25,38 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def _paired(ours: dict[str, Any], peer: dict[str, Any], key: str) -> tuple[float | None, list[float] | None]:
+    """canary ÷ peer in ``key`` at one point: over several rounds, the median of each round's own ratio
+    (the sides ran next to each other within a round) and the range of those ratios; else the one ratio."""
+    mine, theirs = ours.get("rounds") or [], peer.get("rounds") or []
+    if len(mine) < 2 or len(mine) != len(theirs):
+        return _ratio(ours[key], peer[key]), None
+    values = [_ratio(a[key], b[key]) for a, b in zip(mine, theirs, strict=True)]
+    if any(v is None for v in values):
+        return None, None
+    found = [v for v in values if v is not None]
+    return statistics.median(found), [min(found), max(found)]
+
+
 def ratios(model: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per concurrency: canary's req/s and latency over each peer's, and its req/s over the raw limit."""
+    """Per concurrency: canary's req/s and latency over each peer's (paired by round, the median over the
+    rounds, with their range where there were several), and its req/s over the raw limit."""
     sides = model["sides"]
     raw_best = model["raw"]["best"]["items_per_s"]
     out = []
     for direct, two_hop, ours in zip(*(sides[k]["closed"] for k in SIDE_KEYS), strict=True):
-        out.append(
-            {
-                "concurrency": ours["concurrency"],
-                "throughput_vs_direct": _ratio(ours["throughput"], direct["throughput"]),
-                "throughput_vs_two_hop": _ratio(ours["throughput"], two_hop["throughput"]),
-                "p50_vs_direct": _ratio(ours["p50_ms"], direct["p50_ms"]),
-                "p50_vs_two_hop": _ratio(ours["p50_ms"], two_hop["p50_ms"]),
-                "p99_vs_two_hop": _ratio(ours["p99_ms"], two_hop["p99_ms"]),
-                "vs_raw": _ratio(ours["throughput"], raw_best),
-                "two_hop_vs_raw": _ratio(two_hop["throughput"], raw_best),
-            }
-        )
+        row: dict[str, Any] = {"concurrency": ours["concurrency"], "rounds": len(ours.get("rounds") or [0])}
+        for name, peer, key in (
+            ("throughput_vs_direct", direct, "throughput"),
+            ("throughput_vs_two_hop", two_hop, "throughput"),
+            ("p50_vs_direct", direct, "p50_ms"),
+            ("p50_vs_two_hop", two_hop, "p50_ms"),
+            ("p99_vs_two_hop", two_hop, "p99_ms"),
+        ):
+            row[name], row[f"{name}_range"] = _paired(ours, peer, key)
+        row["vs_raw"] = _ratio(ours["throughput"], raw_best)
+        row["two_hop_vs_raw"] = _ratio(two_hop["throughput"], raw_best)
+        out.append(row)
     return out
 
 
@@ -82,6 +97,13 @@ def _x(value: float | None) -> str:
     if value is None:
         return "–"
     return f"{value:.2f}×" if value >= 0.01 else f"{value:.2g}×"  # the serving sides ÷ a fast raw model
+
+
+def _xr(row: dict[str, Any], name: str) -> str:
+    """A ratio of `ratios`' row with the range over the rounds, e.g. ``0.93× (0.88–0.97)``."""
+    span = row.get(f"{name}_range")
+    text = _x(row[name])
+    return f"{text} ({span[0]:.2f}–{span[1]:.2f})" if span else text
 
 
 def _ms(value: float | None) -> str:
@@ -188,8 +210,8 @@ def model_markdown(model: dict[str, Any]) -> str:
     ]
     for r in model["ratios"]:
         lines.append(
-            f"| {r['concurrency']} | {_x(r['throughput_vs_direct'])} | {_x(r['throughput_vs_two_hop'])} "
-            f"| {_x(r['p50_vs_two_hop'])} | {_x(r['p99_vs_two_hop'])} | {_x(r['vs_raw'])} "
+            f"| {r['concurrency']} | {_xr(r, 'throughput_vs_direct')} | {_xr(r, 'throughput_vs_two_hop')} "
+            f"| {_xr(r, 'p50_vs_two_hop')} | {_xr(r, 'p99_vs_two_hop')} | {_x(r['vs_raw'])} "
             f"| {_x(r['two_hop_vs_raw'])} |"
         )
     lines += [
@@ -240,6 +262,15 @@ def markdown(payload: dict[str, Any]) -> str:
         f"sides interleaved; loopback, load generator on the same machine. Sized from `{settings['config']}`"
         + (" (quick run: indicative only)." if settings.get("quick") else "."),
     ]
+    rounds = int(settings.get("rounds", 1))
+    if rounds > 1:
+        head += [
+            "",
+            f"The sweep ran {rounds} times, the sides interleaved within each round. A side's row is its "
+            "round with the median req/s at that concurrency; a ratio is the median of the rounds' own "
+            "ratios (each round's sides measured next to each other), with their range in brackets. The "
+            "goals are judged on those medians.",
+        ]
     if payload.get("gpu_run"):
         head += [
             "",

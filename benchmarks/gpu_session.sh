@@ -5,8 +5,8 @@
 # short lease of a GPU machine (about 8 minutes at the defaults). Results go to benchmarks/results/ and, when
 # $OUT is set, are copied there with the logs.
 #
-#   bash benchmarks/gpu_session.sh                 # 6 s per load point, bench limited to 420 s, check to 150 s
-#   BENCH_SECONDS=4 BENCH_LIMIT_S=300 bash benchmarks/gpu_session.sh
+#   bash benchmarks/gpu_session.sh      # 2 rounds of 3 s per load point, bench limited to 420 s, check to 150 s
+#   BENCH_ROUNDS=1 BENCH_SECONDS=4 BENCH_LIMIT_S=300 bash benchmarks/gpu_session.sh
 #
 # Exit status: the bench's (0 when it wrote its results), else the check's.
 set -uo pipefail
@@ -38,7 +38,8 @@ sys.exit(1 if missing else 0)
 EOF
 
 timeout --signal=INT --kill-after=20 "${BENCH_LIMIT_S:-420}" \
-  "$PY" -m benchmarks.bench --seconds "${BENCH_SECONDS:-6}" ${BENCH_ARGS:-} 2>&1 | tee "$LOGS/gpu-session-bench.log"
+  "$PY" -m benchmarks.bench --rounds "${BENCH_ROUNDS:-2}" --seconds "${BENCH_SECONDS:-3}" --warmup 1 --open-seconds 4 \
+  ${BENCH_ARGS:-} 2>&1 | tee "$LOGS/gpu-session-bench.log"
 bench=${PIPESTATUS[0]}
 echo "gpu_session: bench exited $bench after $(($(date +%s) - started)) s"
 

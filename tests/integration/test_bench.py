@@ -17,6 +17,7 @@ from benchmarks.sides import CANARY, SIDES
 TINY = Settings(
     models=("models/artifacts/fraud-v1",),
     concurrency=(1, 4),
+    rounds=2,
     seconds=0.5,
     warmup_s=0.2,
     open_seconds=0.5,
@@ -40,6 +41,9 @@ def test_bench_tiny_run_measures_every_side_and_writes_the_results(serve_port, t
     for side in SIDES:
         runs = model["sides"][side.key]["closed"]
         assert [r["concurrency"] for r in runs] == [1, 4]
+        assert all(
+            len(r["rounds"]) == 2 and r["throughput"] in {x["throughput"] for x in r["rounds"]} for r in runs
+        )
         for run in [*runs, model["sides"][side.key]["open"]]:
             assert run["requests"] > 0 and run["ok"] == run["requests"], run["statuses"]
             assert run["sent"] >= run["requests"]
@@ -60,6 +64,7 @@ def test_bench_tiny_run_measures_every_side_and_writes_the_results(serve_port, t
     assert counts["shadow"]["mirrored"] > 0
     assert [r["concurrency"] for r in model["ratios"]] == [1, 4]
     assert all(r["throughput_vs_two_hop"] is not None for r in model["ratios"])
+    assert all(r["rounds"] == 2 and len(r["throughput_vs_two_hop_range"]) == 2 for r in model["ratios"])
     assert model["goals"]["best_vs_raw_on_gpu"]["met"] is None  # not judged: CPU, overhead-bound model
     assert payload["gpu_run"].startswith("pending")
 

@@ -182,6 +182,60 @@ def test_canary_runs_at_the_stage_asked_for_and_its_results_never_replace_the_de
 
 def test_every_progress_step_is_counted():
     assert bench.steps(bench.QUICK) == 2 * (2 + 1 + 3 * (1 + 2 + 1))
+    assert bench.steps(bench.FULL) == 2 * (5 + 1 + 3 * (1 + 3 * 4 + 1))  # three rounds of four points
+
+
+def with_rounds(data, throughput):
+    """``data`` re-analysed as if each side's closed runs had been measured in rounds with these req/s."""
+    m = data["models"]["m"]
+    for key, per_point in throughput.items():
+        runs = [
+            [{**point, "throughput": t} for t in values]
+            for point, values in zip(m["sides"][key]["closed"], per_point, strict=True)
+        ]
+        m["sides"][key]["closed"] = [bench.median_round(r) for r in runs]
+    return bench_report.analyse(data, gpu=False)
+
+
+def test_a_point_measured_in_rounds_keeps_its_median_round_and_every_rounds_numbers():
+    runs = [
+        {**run(8, t, p50), "cpu_ms_per_request": {"proxy": t}} for t, p50 in ((90, 30), (70, 40), (80, 35))
+    ]
+    point = bench.median_round(runs)
+    assert (
+        point["throughput"] == 80 and point["p50_ms"] == 35 and point["cpu_ms_per_request"] == {"proxy": 80}
+    )
+    assert [r["throughput"] for r in point["rounds"]] == [90, 70, 80]
+    assert point["rounds"][1] == {"throughput": 70, "p50_ms": 40, "p95_ms": 80, "p99_ms": 120}
+    assert bench.median_round(runs[:2])["throughput"] == 70  # an even count: the lower middle round
+
+
+def test_ratios_over_rounds_are_the_median_of_each_rounds_own_ratio_with_their_range():
+    # The host slows down in round 2 for every side: paired by round, canary stays at 0.96-0.98 of two-hop,
+    # while the ratio of the sides' median rounds (80 / 100) would read 0.80.
+    data = with_rounds(
+        payload(gpu=False),
+        {
+            "direct": [(100, 50, 100), (400, 200, 400)],
+            "two-hop": [(100, 50, 100), (300, 150, 300)],
+            "canary": [(96, 49, 97), (291, 144, 288)],
+        },
+    )
+    m = data["models"]["m"]
+    one, eight = m["ratios"]
+    assert one["rounds"] == 3 and one["throughput_vs_two_hop"] == pytest.approx(0.97)
+    assert one["throughput_vs_two_hop_range"] == pytest.approx([0.96, 0.98])
+    assert eight["throughput_vs_two_hop"] == pytest.approx(0.96)
+    assert m["goals"]["throughput_vs_two_hop_every_concurrency"]["value"] == pytest.approx(0.96)
+    assert m["goals"]["throughput_vs_two_hop_every_concurrency"]["met"] is True
+    text = bench_report.markdown({**data, "settings": {**data["settings"], "rounds": 3}})
+    assert "| 1 | 0.97× (0.96–0.98) | 0.97× (0.96–0.98) |" in text
+    assert "median of the rounds' own ratios" in text
+
+
+def test_one_round_gives_single_ratios_and_no_range():
+    (one, _) = payload(gpu=False)["models"]["m"]["ratios"]
+    assert one["rounds"] == 1 and one["throughput_vs_two_hop_range"] is None
 
 
 @pytest.mark.parametrize(
@@ -199,6 +253,8 @@ def test_every_progress_step_is_counted():
         (["--out", "README.md"], "--out"),
         (["--canary-weight", "101"], "--canary-weight"),
         (["--canary-shadow", "-5"], "--canary-shadow"),
+        (["--rounds", "0"], "--rounds"),
+        (["--rounds", "two"], "--rounds"),
         (["--bogus"], "--bogus"),
     ],
 )
@@ -212,10 +268,11 @@ def test_bad_flags_exit_2_naming_the_flag_without_a_traceback(argv, flag, capsys
 
 def test_flags_replace_single_fields_of_the_preset():
     args = bench.parser().parse_args(
-        ["--quick", "--models", "text", "--concurrency", "2,16", "--seconds", "3"]
+        ["--quick", "--models", "text", "--concurrency", "2,16", "--seconds", "3", "--rounds", "2"]
     )
     settings = bench.settings_from(args)
     assert settings.quick and settings.concurrency == (2, 16) and settings.seconds == 3
+    assert settings.rounds == 2 and bench.QUICK.rounds == 1
     assert settings.models == ("models/artifacts/text-v1",) and settings.warmup_s == bench.QUICK.warmup_s
     assert bench.settings_from(bench.parser().parse_args([])) == bench.FULL
 
