@@ -25,7 +25,7 @@ from rollout.controller import get_or_create_controller
 from serving.config import IngressConfig, validate_section
 from serving.errors import InvalidConfigError
 from serving.fields import extract
-from serving.http import HTTPProblem, app, controller_silent, parse_json, read_body
+from serving.http import HotRoute, HTTPProblem, app, controller_silent, parse_json, read_body
 from serving.operator_routes import OperatorRoutes
 from serving.operators import RequestLog, check_request_id, parse_feedback
 from serving.routing import Arm, RoutingTable
@@ -122,6 +122,12 @@ class Ingress(OperatorRoutes):
         self._pending_feedback: list[tuple[str, str, float, float]] = []
         self._pending_lags: list[float] = []
         self._admin_token: str | None = None
+
+    def __serve_build_asgi_app__(self) -> HotRoute:
+        """The replica's ASGI app, which Serve asks for once the constructor has run: ``POST /predict``
+        straight to `predict`, every other route through the FastAPI app. (Were a Serve not to ask, the
+        FastAPI app's own ``/predict`` route would answer, the same way.)"""
+        return HotRoute(app, "POST", "/predict", self.predict)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Takes a new Ingress ``user_config``; an invalid one on a running replica is refused and logged.

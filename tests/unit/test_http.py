@@ -1,9 +1,10 @@
-"""Body limits and JSON parsing of the Ingress, through a real Starlette app (no Ray)."""
+"""Body limits, JSON parsing and the hot route of the Ingress, through a real Starlette app (no Ray)."""
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from serving.http import HTTPProblem, parse_json, read_body
+from serving.http import HotRoute, HTTPProblem, parse_json, read_body, route_path
 
 
 def make_client(limit: int) -> TestClient:
@@ -43,3 +44,74 @@ def test_malformed_and_empty_json_is_400_with_where_it_failed():
 
 def test_valid_json_within_the_limit_passes():
     assert make_client(limit=1000).post("/echo", json={"a": [1, 2]}).json() == {"parsed": {"a": [1, 2]}}
+
+
+def make_hot_client(handler) -> tuple[TestClient, list[str]]:
+    """A FastAPI app with a slow-path /predict and /other, behind a HotRoute for POST /predict."""
+    app = FastAPI()
+    seen: list[str] = []
+
+    @app.post("/predict")
+    async def slow_predict():
+        seen.append("fastapi")
+        return {"via": "fastapi"}
+
+    @app.get("/other")
+    async def other():
+        seen.append("other")
+        return {"via": "other"}
+
+    @app.exception_handler(LookupError)
+    async def lookup(_: Request, exc: LookupError):
+        return JSONResponse({"error": "lookup"}, status_code=418)
+
+    started = []
+
+    @app.on_event("startup")
+    async def startup():
+        started.append(True)
+
+    hot = HotRoute(app, "POST", "/predict", handler)
+    hot.add_exception_handler(KeyError, lambda _r, _e: JSONResponse({"error": "key"}, status_code=409))
+    client = TestClient(hot)
+    client.__enter__()  # runs the lifespan through the HotRoute
+    assert started == [True]
+    return client, seen
+
+
+def test_the_hot_route_answers_its_method_and_path_and_hands_everything_else_to_the_app():
+    async def handler(request: Request) -> JSONResponse:
+        return JSONResponse({"via": "hot", "body": (await request.json())["x"]})
+
+    client, seen = make_hot_client(handler)
+    response = client.post("/predict", json={"x": 7})
+    assert response.status_code == 200 and response.json() == {"via": "hot", "body": 7}
+    assert seen == []  # FastAPI's own /predict was never reached
+    assert client.get("/other").json() == {"via": "other"}
+    assert client.get("/predict").status_code == 405  # another method: FastAPI answers as before
+    assert client.post("/predict/x").status_code == 404
+    assert seen == ["other"]
+
+
+def test_an_exception_out_of_the_hot_handler_is_a_json_500_without_a_trace(caplog):
+    async def handler(request: Request) -> JSONResponse:
+        raise RuntimeError("boom at line 3")
+
+    client, _ = make_hot_client(handler)
+    response = client.post("/predict", json={})
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal", "detail": "unexpected error; see the Ingress log"}
+    assert "boom" not in response.text and "boom at line 3" in caplog.text
+
+
+def test_exception_handlers_added_to_the_hot_route_go_to_the_app():
+    client, _ = make_hot_client(lambda request: None)
+    app = client.app.app
+    assert KeyError in app.exception_handlers and LookupError in app.exception_handlers
+
+
+def test_route_path_strips_the_route_prefix_only_at_a_segment_boundary():
+    assert route_path({"path": "/app/predict", "root_path": "/app"}) == "/predict"  # as Serve's proxy sets it
+    assert route_path({"path": "/predict", "root_path": ""}) == "/predict"
+    assert route_path({"path": "/apple/predict", "root_path": "/app"}) == "/apple/predict"
+    assert route_path({"path": "/app", "root_path": "/app"}) == ""
