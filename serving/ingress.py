@@ -97,6 +97,8 @@ class Ingress(OperatorRoutes):
         versions: dict[str, str],
     ) -> None:
         self._handles = {Arm.STABLE: stable, Arm.CANDIDATE: candidate}
+        # `handle.predict` builds a new handle on every access; the prediction path keeps one per arm
+        self._predict = {arm: handle.options(method_name="predict") for arm, handle in self._handles.items()}
         self._input_schema = InputSchema.model_validate(input_schema)
         self._versions = {Arm(arm): version for arm, version in versions.items()}
         self._config = IngressConfig()
@@ -253,7 +255,7 @@ class Ingress(OperatorRoutes):
                 outcome, fallback_reason = await self._call(_forced_arm(forced), inputs, headers), None
             else:
                 arm = self._table.choose(self._routing_key(request, body), self._rng)
-                segments = self._segments.segments(headers, body, request.url.path, len(raw))
+                segments = self._segments.segments(headers, body, request.scope["path"], len(raw))
                 outcome, fallback_reason = await self._serve(arm, inputs, headers, segments)
             if not outcome.ok:
                 raise self._failure(outcome)
@@ -358,7 +360,7 @@ class Ingress(OperatorRoutes):
         started = time.perf_counter()
         attempt = 0
         while True:
-            response = self._handles[arm].predict.remote(inputs, headers)
+            response = self._predict[arm].remote(inputs, headers)
             try:
                 # asyncio.timeout, unlike wait_for, does not wrap the response in a task of its own
                 async with asyncio.timeout(timeout - (time.perf_counter() - started)):

@@ -70,6 +70,10 @@ def test_metrics_are_prometheus_text_with_arms_side_by_side(canary):
         if s.labels.get("outcome") == "ok" and s.labels["segment"] == "tenant" and s.labels["value"] == "acme"
     ]
     assert {s.labels["arm"] for s in ok} >= {"stable", "candidate"}
+    endpoint = {
+        s.labels["value"] for s in families["canary_requests"].samples if s.labels["segment"] == "endpoint"
+    }
+    assert endpoint == {"/predict"}  # the request path, read from the ASGI scope on the hot route
     assert families["canary_shadow_percent"].samples[0].value == 20
     assert any(s.labels["result"] == "mirrored" and s.value > 0 for s in families["canary_shadow"].samples)
     # no GPU here: the GPU gauges are absent, not zero
