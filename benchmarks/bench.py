@@ -17,7 +17,7 @@ records requests/s, p50/p95/p99, the batch-size distribution, GPU utilisation an
 without a GPU) and CPU time per request per process. Results go to
 ``benchmarks/results/bench-<machine>-<date>.{json,md,png}`` (``bench-quick-...`` for ``--quick``).
 
-    python -m benchmarks.bench            # the full suite (about 13 minutes on 2 CPU cores)
+    python -m benchmarks.bench            # the full suite (about 12 minutes on 2 CPU cores)
     python -m benchmarks.bench --quick    # every path once, briefly (about 2 minutes)
     canary bench --models text --concurrency 1,32
     canary bench --models fraud --canary-weight 0 --canary-shadow 0   # canary-serve's cost with no candidate

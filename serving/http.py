@@ -60,7 +60,8 @@ class HotRoute:
 
     The handler gets a Starlette `Request` and returns a `Response`, as a plain Serve deployment's
     ``__call__`` does: FastAPI's routing, dependency solving and middleware stack are skipped, which on the
-    prediction route is about 6 % of the Ingress's CPU per request. An exception the handler lets out is
+    prediction route was about a tenth of the Ingress's Python time per request
+    (``benchmarks/results/ingress-pyspy-gil-2core-cpu-2026-11-29.md``). An exception the handler lets out is
     answered as ``app`` would answer it: a JSON 500, the trace logged.
     """
 
