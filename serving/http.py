@@ -8,11 +8,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 logger = logging.getLogger("ray.serve")
@@ -87,6 +88,16 @@ class HotRoute:
         """Serve registers its own handlers (back-pressure as 503) on the app it is given: they go to
         ``app``."""
         self.app.add_exception_handler(exc_class, handler)
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """``app``'s routes, the hot one among them: Serve names each request's route from the routes of the
+        app it is given (replica access log, per-route metrics, the proxy's route patterns)."""
+        return self.app.routes
+
+    @property
+    def router(self) -> APIRouter:
+        return self.app.router
 
 
 class HTTPProblem(Exception):

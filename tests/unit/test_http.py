@@ -115,3 +115,15 @@ def test_route_path_strips_the_route_prefix_only_at_a_segment_boundary():
     assert route_path({"path": "/predict", "root_path": ""}) == "/predict"
     assert route_path({"path": "/apple/predict", "root_path": "/app"}) == "/apple/predict"
     assert route_path({"path": "/app", "root_path": "/app"}) == ""
+
+
+def test_serve_names_the_hot_routes_requests_after_the_apps_routes():
+    # Serve reads the route for its access log and per-route metrics from the routes of the app it is given
+    from ray.serve._private.thirdparty.get_asgi_route_name import extract_route_patterns, get_asgi_route_name
+
+    client, _ = make_hot_client(lambda request: None)
+    hot = client.app
+    assert hot.routes is hot.app.routes and hot.router is hot.app.router
+    scope = {"type": "http", "method": "POST", "path": "/app/predict", "root_path": "/app", "headers": []}
+    assert get_asgi_route_name(hot, scope) == "/app/predict"
+    assert {p.path for p in extract_route_patterns(hot)} >= {"/predict", "/other"}
