@@ -36,6 +36,10 @@ from serving.telemetry import Window
 logger = logging.getLogger("ray.serve")
 
 FLUSH_INTERVAL_S = 1.0
+# At shutdown (within the deployment's graceful_shutdown_timeout_s, after Serve has drained its requests):
+# how long the mirrors still running may take, and the last flush of the counts to the controller.
+SHUTDOWN_SHADOW_S = 3.0
+SHUTDOWN_FLUSH_S = 3.0
 WATCH_TIMEOUT_S = 30.0  # a long poll returns at least this often, so a replica notices a restarted controller
 FORCE_ARM_HEADER = "X-Canary-Force-Arm"  # an operator's probe of one arm (admin token required)
 REPLICA_RETRIES = 1  # a call whose replica died goes once more to a live one
@@ -341,6 +345,9 @@ class Ingress(OperatorRoutes):
         except TimeoutError:
             response.cancel()
             return [Outcome(Arm.CANDIDATE, "timeout", latency_s=time.perf_counter() - started)] * len(items)
+        except asyncio.CancelledError:  # the replica is shutting down past the shadow's drain
+            response.cancel()
+            raise
         latency = time.perf_counter() - started
         return [
             Outcome(Arm.CANDIDATE, answer["__error__"], latency_s=latency)
@@ -413,7 +420,23 @@ class Ingress(OperatorRoutes):
             await asyncio.sleep(FLUSH_INTERVAL_S)
             await self._flush()
 
-    async def _flush(self) -> None:
+    async def __del__(self) -> None:
+        """Serve awaits this once, at graceful shutdown, after the replica's requests have finished: the
+        mirrors still queued or running get `SHUTDOWN_SHADOW_S` (the rest are cancelled and counted failed),
+        then the counts since the last flush go to the controller, so replacing or scaling down an Ingress
+        replica loses neither its last second of telemetry nor a mirror's result."""
+        async with self._flush_lock:  # a periodic flush in progress finishes first; none starts after
+            for task in (self._flusher, self._watcher):
+                if task is not None:
+                    task.cancel()
+        cancelled = await self._shadow.drain(SHUTDOWN_SHADOW_S)
+        if cancelled:
+            logger.warning("shutdown: %d mirrored request(s) still running were cancelled", cancelled)
+        await self._flush(SHUTDOWN_FLUSH_S)
+        if self._flush_failures:
+            logger.warning("shutdown: the last telemetry flush did not reach the controller")
+
+    async def _flush(self, timeout_s: float = 10.0) -> None:
         """Sends the counts since the last flush to the controller; on failure they wait for the next one."""
         async with self._flush_lock:
             now = time.time()
@@ -430,7 +453,7 @@ class Ingress(OperatorRoutes):
                     self._controller.ingest.remote(
                         self._replica_id, delta.to_dict(), self._shadow.in_flight, requests, feedback, lags
                     ),
-                    10,
+                    timeout_s,
                 )
                 self._flush_failures = 0
             except Exception as exc:  # the controller restarts or is busy: keep the counts, retry next time

@@ -8,6 +8,13 @@ path. Each call is fire-and-forget with a strong reference (a task held in a set
 an in-flight cap counted in requests (beyond it a mirror is dropped and counted, never queued), cut by a
 time-out that cancels the downstream call, and wrapped in a catch-all: nothing a shadow does reaches the
 client or writes a log line per request.
+
+A mirror is counted once, with its result, into the window current at that moment: ``mirrored`` together
+with one of ``dropped`` (at once), ``completed``, ``timed_out`` or ``failed`` (when its call ends). So every
+window the Ingress flushes keeps ``mirrored = completed + dropped + timed_out + failed`` on its own, whichever
+rollout it is merged into and whether or not a later window arrives; mirrors still on their way are
+`ShadowMirror.in_flight`. At shutdown `drain` sends what is queued and waits; what is still running at its
+time-out is cancelled and counted ``failed``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from serving.segments import ALL, Segment
-from serving.telemetry import ShadowStats, Window
+from serving.telemetry import Window
 
 logger = logging.getLogger("ray.serve")
 
@@ -86,12 +93,8 @@ class ShadowMirror:
         segments: list[Segment],
     ) -> None:
         """Queues one request for the candidate, or drops it (counted) at ``max_in_flight`` in flight."""
-        cells = self._cells(segments)
-        for cell in cells:
-            cell.mirrored += 1
         if self.in_flight >= self.max_in_flight:
-            for cell in cells:
-                cell.dropped += 1
+            self._count(segments, "dropped")
             return
         self._pending.append(_Mirrored(inputs, headers, stable_answer, segments))
         if len(self._pending) >= self.batch_size:
@@ -109,44 +112,62 @@ class ShadowMirror:
             self._tasks[task] = len(batch)
             task.add_done_callback(self._tasks.pop)
 
-    def _cells(self, segments: list[Segment]) -> list[ShadowStats]:
-        # Looked up when counted, not when queued: the window may have been flushed and replaced meanwhile.
-        return [self.window.shadow_in(ALL)] + [self.window.shadow_in(s) for s in segments]
+    def _count(
+        self,
+        segments: list[Segment],
+        result: str,
+        pair: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    ) -> None:
+        """Counts one mirror with its result (and its pair of valid answers) in the window current now."""
+        for cell in [self.window.shadow_in(ALL)] + [self.window.shadow_in(s) for s in segments]:
+            cell.mirrored += 1
+            setattr(cell, result, getattr(cell, result) + 1)
+            if pair is not None:
+                cell.compare(*pair)
 
-    async def _run(self, batch: list[_Mirrored]) -> None:
+    async def _outcomes(self, batch: list[_Mirrored]) -> list[CallOutcome | None]:
         try:
             outcomes: list[CallOutcome | None] = list(
                 await self._send_batch([(m.inputs, m.headers) for m in batch])
             )
             if len(outcomes) != len(batch):
                 raise ValueError(f"{len(outcomes)} answers for {len(batch)} mirrored requests")
+            return outcomes
         except Exception:  # a shadow never fails loudly: count it and move on
             logger.debug("shadow batch failed", exc_info=True)
-            outcomes = [None] * len(batch)
-        for mirrored, outcome in zip(batch, outcomes, strict=True):
-            try:
-                stable = await mirrored.stable_answer
-            except Exception:
-                stable = None
-            if outcome is None:
-                result = "failed"
-            else:
-                result = _RESULT_COUNTER.get(outcome.status, "failed")
-                self._record_answer("shadow", outcome, mirrored.segments)
-            cells = self._cells(mirrored.segments)
-            if (
-                outcome is not None
-                and outcome.status == "ok"
-                and stable is not None
-                and stable.status == "ok"
-            ):
-                for cell in cells:
-                    cell.compare(stable.output or {}, outcome.output or {})
-            for cell in cells:
-                setattr(cell, result, getattr(cell, result) + 1)
+            return [None] * len(batch)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Sends what is queued and waits for running mirrors (at shutdown), at most ``timeout_s``."""
+    async def _run(self, batch: list[_Mirrored]) -> None:
+        counted = 0
+        try:
+            for mirrored, outcome in zip(batch, await self._outcomes(batch), strict=True):
+                try:
+                    stable: CallOutcome | None = await mirrored.stable_answer
+                except Exception:
+                    stable = None
+                if outcome is None:
+                    self._count(mirrored.segments, "failed")
+                else:
+                    self._record_answer("shadow", outcome, mirrored.segments)
+                    pair = None
+                    if outcome.status == "ok" and stable is not None and stable.status == "ok":
+                        pair = (stable.output or {}, outcome.output or {})
+                    self._count(mirrored.segments, _RESULT_COUNTER.get(outcome.status, "failed"), pair)
+                counted += 1
+        finally:  # cancelled (at shutdown, past the drain's time-out): no answer, so each one failed
+            for mirrored in batch[counted:]:
+                self._count(mirrored.segments, "failed")
+
+    async def drain(self, timeout_s: float) -> int:
+        """Sends what is queued and waits for running mirrors (at shutdown), at most ``timeout_s``; then
+        cancels the rest, which are counted ``failed``. Returns how many were cancelled."""
         self._send_pending()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        if not self._tasks:
+            return 0
+        _, running = await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        cancelled = sum(self._tasks.get(task, 0) for task in running)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+        return cancelled

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import deployment, wait_until
+from ray import serve
 
 _VOLATILE = {"date", "x-request-id", "content-length"}
 
@@ -111,3 +113,59 @@ def test_a_live_candidate_breaking_the_contract_never_reaches_the_client(canary)
     assert all(h["x-canary-arm"] == "stable" and h["x-canary-fallback"] == "contract" for _, _, h in results)
     stats = canary.rollout()["arms"]["candidate"]["stats"]
     assert stats["contract_failures"] >= 30 and stats["fallbacks"] >= 30
+
+
+def _ingress_replicas(canary) -> dict[str, int]:
+    states = serve.status().applications["canary"].deployments["Ingress"].replica_states
+    return {str(getattr(state, "value", state)): n for state, n in states.items() if n}
+
+
+def test_scaling_the_ingress_down_under_traffic_loses_no_answer_and_no_count(canary):
+    """The replica that stops finishes its requests, waits for its mirrors and flushes its last counts.
+
+    Serve waits at least its 2 s drain loop before stopping a replica, so mirrors that take 2.5 s (plus the
+    batch wait) are still on their way when the Ingress's shutdown hook runs."""
+    config = canary.edited(candidate_weight=0, shadow_percent=100, shadow_timeout_s=8)
+    deployment(config, "candidate")["user_config"]["faults"] = {"latency_ms": 2500}
+    deployment(config, "Ingress")["num_replicas"] = 2
+    canary.deploy(config)
+    wait_until(lambda: _ingress_replicas(canary) == {"RUNNING": 2}, 120, what="two Ingress replicas")
+    wait_until(lambda: canary.replica_info("candidate")["faults_active"], 30)
+    wait_until(
+        lambda: (canary.rollout()["candidate_weight"], canary.rollout()["shadow_percent"]) == (0, 100), 30
+    )
+    before = settled(canary)
+    served_before = canary.rollout()["arms"]["stable"]["stats"]["requests"]
+
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def client(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            statuses.append(canary.predict(f"w{worker}-{i}").status_code)
+            i += 1
+
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(client, w) for w in range(4)]
+        wait_until(lambda: len(statuses) >= 40, 60, what="traffic on both replicas")
+        deployment(config, "Ingress")["num_replicas"] = 1
+        canary.deploy(config)
+        wait_until(lambda: _ingress_replicas(canary) == {"RUNNING": 1}, 120, what="one Ingress replica left")
+        answered = len(statuses)
+        wait_until(lambda: len(statuses) >= answered + 20, 60, what="traffic after the scale-down")
+        stop.set()
+        for c in clients:
+            c.result(timeout=60)
+
+    assert statuses and set(statuses) == {200}
+    n = len(statuses)
+
+    def counted():
+        after = settled(canary)
+        delta = {k: after[k] - before[k] for k in ("mirrored", "completed", "dropped", "timed_out", "failed")}
+        served = canary.rollout()["arms"]["stable"]["stats"]["requests"] - served_before
+        return (served, delta["mirrored"]) == (n, n) and delta
+
+    delta = wait_until(counted, 30, what=f"{n} answers served, mirrored and counted")
+    assert delta["mirrored"] == delta["completed"] + delta["dropped"] + delta["timed_out"] + delta["failed"]

@@ -139,3 +139,68 @@ def test_sampling_follows_the_percent():
     assert 0.09 < share < 0.11
     mirror.percent = 0
     assert not any(mirror.sampled() for _ in range(1000))
+
+
+def test_a_mirror_is_counted_with_its_result_so_every_flushed_window_balances():
+    async def scenario():
+        release = asyncio.Event()
+        mirror, first, _ = make_mirror(FakeCandidate(release), cap=4, batch_size=8)
+        for _ in range(6):  # 4 queued, 2 over the cap: dropped, counted at once
+            mirror.mirror({"kind": "agree"}, {}, resolved(), [("tenant", "acme")])
+        await asyncio.sleep(0.01)  # the batch is on its way
+        second = Window()
+        mirror.window = second  # what a flush does
+        release.set()
+        await mirror.drain(5)
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    for segment in (ALL, ("tenant", "acme")):
+        a, b = first.shadow_in(segment), second.shadow_in(segment)
+        assert (a.mirrored, a.dropped, a.completed) == (2, 2, 0)
+        assert (b.mirrored, b.dropped, b.completed, b.compared) == (4, 0, 4, 4)
+        for s in (a, b):
+            assert s.mirrored == s.completed + s.dropped + s.timed_out + s.failed
+
+
+class HangingCandidate:
+    """Never answers; remembers the calls that were cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    async def send(self, items):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+def test_drain_cancels_what_runs_past_its_time_out_and_counts_it_failed():
+    async def scenario():
+        candidate = HangingCandidate()
+        mirror, window, answers = make_mirror(candidate, batch_size=2, wait_s=60)
+        for _ in range(5):  # two calls on their way, one request still waiting for company
+            mirror.mirror({"kind": "agree"}, {}, resolved(), [])
+        await asyncio.sleep(0.01)
+        assert mirror.in_flight == 5
+        cancelled = await mirror.drain(0.05)
+        return cancelled, window.shadow_in(ALL), mirror.in_flight, candidate.cancelled, answers
+
+    cancelled, stats, in_flight, calls_cancelled, answers = asyncio.run(scenario())
+    assert cancelled == 5 and in_flight == 0 and calls_cancelled == 3
+    assert stats.mirrored == stats.failed == 5 and stats.completed == 0
+    assert answers == []  # no answer came, so none is recorded under the shadow arm
+
+
+def test_drain_waits_for_a_mirror_that_ends_within_its_time_out():
+    async def scenario():
+        release = asyncio.Event()
+        mirror, window, _ = make_mirror(FakeCandidate(release), batch_size=1)
+        mirror.mirror({"kind": "disagree"}, {}, resolved(), [])
+        asyncio.get_running_loop().call_later(0.05, release.set)
+        return await mirror.drain(5), window.shadow_in(ALL)
+
+    cancelled, stats = asyncio.run(scenario())
+    assert cancelled == 0 and stats.mirrored == stats.completed == 1 and stats.agreed == 0
