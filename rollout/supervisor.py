@@ -166,6 +166,10 @@ class RolloutSupervisor:
         events: list[dict[str, Any]] = []
         machine = self.machine
         known = self._stored_machine(key, rollout) if machine is None or machine.state.key != key else None
+        if machine is not None and (
+            known is not None or machine.state.key != key or machine.state.mode != rollout.mode
+        ):
+            self._close_window(machine, now)
         if known is not None:  # the same identity deployed again: it resumes where it was
             if machine is not None and machine.state.phase not in (Phase.CLOSED, Phase.MANUAL):
                 self._record(machine, [self._superseded(machine, key, now)])
@@ -201,12 +205,15 @@ class RolloutSupervisor:
                 events += machine.manual_weights(now, (rollout.weight, rollout.shadow), "config")
         self.config, self.versions, self._hash = config, dict(versions), digest
         self._set_webhooks(rollout.webhooks)
-        self.store.save_rollout(
-            key,
-            app=self.app,
-            policy={"config": without_secrets(section), "versions": versions, "hash": digest},
-            state=machine.state.to_dict(),
-        )
+        try:
+            self.store.save_rollout(
+                key,
+                app=self.app,
+                policy={"config": without_secrets(section), "versions": versions, "hash": digest},
+                state=machine.state.to_dict(),
+            )
+        except Exception as exc:  # taken all the same; the next `persist` writes it once the store recovers
+            self._store_failed(exc)
         self._record(machine, events)
         self.publish()
         return self.table()
@@ -287,6 +294,16 @@ class RolloutSupervisor:
         self.store.add_feedback(
             found.key if found else key, rid, found.arm if found else "?", metric, value, ts
         )
+
+    def _close_window(self, machine: RolloutMachine, now: float) -> None:
+        """Writes the outgoing rollout's telemetry since the last write under its own key (kept in order
+        while the store fails), before another rollout takes the window."""
+        if self._unsaved.empty():
+            return
+        window, self._unsaved = self._unsaved, Window(start=now)
+        window.end = now
+        stage = machine.stage.name if machine.stage else machine.state.phase.value
+        self._write(functools.partial(self.store.append_window, machine.state.key, stage, window))
 
     def _write(self, write: Callable[[], None]) -> None:
         """A request-log or feedback write: done now, or kept (in order, bounded) while the store fails."""
@@ -479,17 +496,19 @@ class RolloutSupervisor:
         if machine is None:
             return
         try:
-            self._flush_unstored()
-            self._save(machine, now)
+            if self.store_error is not None or self._unstored_rows or self._unstored_events:
+                self._save_rollout(machine)  # its row first: a rollout deployed while the store failed
+                self._flush_unstored()
+            if not self._unsaved.empty():
+                self._unsaved.end = now
+                stage = machine.stage.name if machine.stage else machine.state.phase.value
+                self.store.append_window(machine.state.key, stage, self._unsaved)
+                self._unsaved = Window(start=now)
+            self._save_rollout(machine)
         except Exception as exc:  # the unsaved window keeps growing and is written once the store recovers
             self._store_failed(exc)
 
-    def _save(self, machine: RolloutMachine, now: float) -> None:
-        if not self._unsaved.empty():
-            self._unsaved.end = now
-            stage = machine.stage.name if machine.stage else machine.state.phase.value
-            self.store.append_window(machine.state.key, stage, self._unsaved)
-            self._unsaved = Window(start=now)
+    def _save_rollout(self, machine: RolloutMachine) -> None:
         self.store.save_rollout(
             machine.state.key,
             app=self.app,
