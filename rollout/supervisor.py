@@ -194,7 +194,13 @@ class RolloutSupervisor:
             }
             if self.machine is not None:
                 machine.state.table_version = self.machine.state.table_version
-            self.machine, self.window, self._unsaved = machine, Window(start=now), Window(start=now)
+            # a manual rollout (or a change of mode) starts a new machine, but the identity's telemetry
+            # continues: what a restarted controller would read from the store
+            self.machine, self.window, self._unsaved = (
+                machine,
+                self.store.merged_window(key),
+                Window(start=now),
+            )
             self.judgement, self._final_gates, self._final_worse, self.check = None, [], [], None
             events.append(started)
         else:

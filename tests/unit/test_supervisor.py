@@ -314,22 +314,24 @@ def test_a_store_password_is_never_written_to_the_store_and_the_rollout_still_re
     assert [e["kind"] for e in again.view()["events"]].count("started") == 1
 
 
+@pytest.mark.parametrize("mode", ["auto", "manual"])
 @pytest.mark.parametrize("broken", [False, True], ids=["store up", "store down meanwhile"])
 def test_a_rollout_left_for_another_keeps_its_last_seconds_of_telemetry(
-    store_path: Path, clock: Clock, broken: bool
+    store_path: Path, clock: Clock, broken: bool, mode: str
 ) -> None:
     """What the Ingress sent since the last write belongs to the outgoing rollout, not to the next one; a
-    rollout deployed while the store cannot be written is taken, and written with the rest once it can."""
+    rollout deployed while the store cannot be written is taken, and written with the rest once it can;
+    the first identity deployed again shows every second it had, as a restarted controller would."""
     store = FailingStore(store_path, clock=clock)
     sup = RolloutSupervisor("canary", store, clock)
-    sup.configure(section(), VERSIONS)
+    sup.configure(section(mode=mode, candidate_weight=5), VERSIONS)
     run(sup, clock, 7)  # one write at 5 s; the last 2 s are not written yet
     served = sup.window.arm("stable").requests
     r1 = sup.view()["rollout_key"]
     store.broken = broken
-    sup.configure(section(rollout_id="r2"), VERSIONS)
+    sup.configure(section(mode=mode, candidate_weight=5, rollout_id="r2"), VERSIONS)
     r2 = sup.view()["rollout_key"]
-    assert r2 != r1 and sup.view()["stage"] == "pending" and sup.window.arm("stable").requests == 0
+    assert r2 != r1 and sup.window.arm("stable").requests == 0
     run(sup, clock, 3)
     store.broken = False
     clock.now += 10
@@ -338,6 +340,10 @@ def test_a_rollout_left_for_another_keeps_its_last_seconds_of_telemetry(
     assert store.merged_window(r1).arm("stable").requests == served
     assert store.merged_window(r2).arm("stable").requests == sup.window.arm("stable").requests > 0
     assert store.events(r2)[0]["kind"] == "started"
-    assert store.events(r1)[-1]["kind"] == "superseded"
-    sup.configure(section(), VERSIONS)  # r1 again: it resumes with every second it had
+    clock.now += 1
+    sup.configure(section(mode=mode, candidate_weight=5), VERSIONS)  # r1 again
     assert sup.view()["rollout_key"] == r1 and sup.window.arm("stable").requests == served
+    clock.now += 1
+    sup.persist()
+    restarted = supervisor(store_path, clock)  # what a restarted controller shows
+    assert restarted.view()["rollout_key"] == r1 and restarted.window.arm("stable").requests == served
