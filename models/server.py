@@ -60,6 +60,7 @@ def choose_device(preference: str) -> torch.device:
 
 
 _OOM_SENTINEL = object()
+SHUTDOWN_REPORT_S = 2.0  # the last report at graceful shutdown (within graceful_shutdown_timeout_s)
 
 
 @serve.deployment(
@@ -102,6 +103,8 @@ class ModelServer:
         self._app = context.app_name
         self._controller: Any = None  # looked up when reporting: the Ingress creates it with its store
         self._reporter: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._health_failed = False  # the last health check failed: Serve replaces the replica for it
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -205,7 +208,7 @@ class ModelServer:
         return answers
 
     def _ensure_reporter(self) -> None:
-        if self._reporter is None or self._reporter.done():
+        if not self._stopping and (self._reporter is None or self._reporter.done()):
             self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
 
     def report(self) -> dict[str, Any]:
@@ -221,6 +224,26 @@ class ModelServer:
             ),
             "batching": self._config.batching.model_dump(),
         }
+
+    async def __del__(self) -> None:
+        """Serve awaits this once, at graceful shutdown: a last report, with the OOMs since the previous one,
+        that tells the controller why the replica stops. ``shutdown`` (a redeploy, a scale-down) is no
+        restart; ``unhealthy`` (its last health check failed, after `max_consecutive_ooms` OOM batches in a
+        row) is one."""
+        self._stopping = True  # no report loop starts again (a late health check or request)
+        if self._reporter is not None:
+            self._reporter.cancel()
+        why = "unhealthy" if self._health_failed else "shutdown"
+        report = {**self.report(), "stopping": why}
+        try:
+            async with asyncio.timeout(SHUTDOWN_REPORT_S):
+                if self._controller is None:
+                    self._controller = await asyncio.to_thread(find_controller, self._app)
+                if self._controller is not None:
+                    await self._controller.report_replica.remote(self._arm, self._replica_id, report)
+                    logger.info("%s: stopping (%s); last report sent", self._arm, why)
+        except Exception as exc:  # the controller is away: it will count this replica as lost, then replaced
+            logger.warning("%s: the last report to the rollout controller failed: %r", self._arm, exc)
 
     async def _report_loop(self) -> None:
         failures = 0
@@ -245,7 +268,8 @@ class ModelServer:
         """Fails after repeated OOMs, so Serve replaces the replica; also keeps the reporter running."""
         self._ensure_reporter()
         limit = self._config.max_consecutive_ooms
-        if self._consecutive_ooms >= limit:
+        self._health_failed = self._consecutive_ooms >= limit
+        if self._health_failed:
             raise ModelError(f"{self._arm}: {self._consecutive_ooms} consecutive OOM batches (limit {limit})")
 
     def info(self) -> dict[str, Any]:

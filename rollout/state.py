@@ -3,6 +3,7 @@ from every Ingress replica, the latest report of every model replica, OOMs and r
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ class TelemetryState:
     replicas: dict[str, ReplicaRecord] = field(default_factory=dict)
     oom_events: dict[str, int] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
-    _pending_lost: dict[str, list[float]] = field(default_factory=dict)
+    _pending_lost: dict[str, list[str]] = field(default_factory=dict)  # arm -> lost, not yet replaced
     _gone: dict[str, int] = field(default_factory=dict)  # replica id -> OOMs already counted from it
     series: ArmSeries = field(default_factory=ArmSeries)  # per-arm numbers over time, for the charts
 
@@ -47,24 +48,39 @@ class TelemetryState:
         self.ingress[replica_id] = {"last_seen": now, "in_flight": in_flight}
 
     def report_replica(self, arm: str, replica_id: str, report: dict[str, Any], now: float) -> None:
-        """Records a model replica's latest report (GPU samples, cumulative OOM count)."""
+        """Records a model replica's latest report (GPU samples, cumulative OOM count).
+
+        A replica's last report, at its graceful shutdown, carries ``stopping``: ``"shutdown"`` when Serve
+        stopped it on purpose (a redeploy, a scale-down), so it is forgotten at once and is no restart;
+        ``"unhealthy"`` when it was replaced for failing its health check, which counts as one, like a replica
+        that stopped without a word (crashed, killed, its node lost) and was replaced.
+        """
         self.expire(now)
         record = self.replicas.get(replica_id)
+        if record is None and replica_id in self._gone:
+            # it was only quiet (a long GC pause, a busy controller): not lost after all
+            record = self.replicas[replica_id] = ReplicaRecord(arm, replica_id, now, now, report)
+            record.oom_seen = self._gone.pop(replica_id)
+            with contextlib.suppress(ValueError):
+                self._pending_lost.get(arm, []).remove(replica_id)
+        if report.get("stopping") == "shutdown":
+            self._count_ooms(arm, int(report.get("oom_events", 0)) - (record.oom_seen if record else 0))
+            self.replicas.pop(replica_id, None)
+            return
         if record is None:
             record = self.replicas[replica_id] = ReplicaRecord(arm, replica_id, now, now, report)
             lost = self._pending_lost.get(arm)
-            if (
-                replica_id in self._gone
-            ):  # it was only quiet (a long GC pause, a busy controller): not a restart
-                record.oom_seen = self._gone.pop(replica_id)
-            elif lost:
+            if lost:  # it replaces one that stopped without a word
                 lost.pop(0)
                 self.restarts[arm] = self.restarts.get(arm, 0) + 1
         ooms = int(report.get("oom_events", 0))
-        if ooms > record.oom_seen:
-            self.oom_events[arm] = self.oom_events.get(arm, 0) + ooms - record.oom_seen
-            record.oom_seen = ooms
+        self._count_ooms(arm, ooms - record.oom_seen)
+        record.oom_seen = max(record.oom_seen, ooms)
         record.last_seen, record.report = now, report
+
+    def _count_ooms(self, arm: str, new: int) -> None:
+        if new > 0:
+            self.oom_events[arm] = self.oom_events.get(arm, 0) + new
 
     def expire(self, now: float) -> None:
         """Drops replicas silent for `STALE_AFTER_S`; one replaced by a newer replica counts as a restart."""
@@ -82,7 +98,7 @@ class TelemetryState:
             if replaced:
                 self.restarts[record.arm] = self.restarts.get(record.arm, 0) + 1
             else:
-                self._pending_lost.setdefault(record.arm, []).append(record.last_seen)
+                self._pending_lost.setdefault(record.arm, []).append(replica_id)
         for replica_id, info in list(self.ingress.items()):
             if now - info["last_seen"] > STALE_AFTER_S:
                 del self.ingress[replica_id]

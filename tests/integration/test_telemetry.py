@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import deployment, wait_until
+from conftest import ADMIN_TOKEN, deployment, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+
+from rollout.state import STALE_AFTER_S
 
 
 def fire(canary, n, **headers):
@@ -103,6 +107,32 @@ def test_candidate_oom_is_counted_answered_by_stable_and_the_replica_survives(ca
         if s.name.endswith("_total")
     ]
     assert {s.labels["arm"]: s.value for s in oom}["candidate"] >= 1
+    # Leave the replica healthy: one good batch ends its run of OOMs, which the demo config's
+    # max_consecutive_ooms (3) would otherwise fail at its next health check, in another test's time.
+    deployment(config, "candidate")["user_config"]["faults"] = None
+    canary.deploy(config)
+    wait_until(lambda: not canary.replica_info("candidate")["faults_active"], 30)
+    probe = {"X_Canary_Force_Arm": "candidate", "Authorization": f"Bearer {ADMIN_TOKEN}"}
+    wait_until(lambda: canary.predict("k", **probe).status_code == 200, 30, what="a good candidate batch")
+
+
+def test_a_model_replica_replaced_by_a_redeploy_is_no_restart(canary):
+    """Serve stops the old replica on purpose; its last report says so, so it is gone at once, uncounted."""
+    old = canary.replica_info("candidate")["pid"]
+    before = canary.rollout()["restarts"].get("candidate", 0)
+    config = copy.deepcopy(canary.config)
+    deployment(config, "candidate")["ray_actor_options"] = {"num_cpus": 0.01}  # restarts its replicas
+    canary.deploy(config)
+    wait_until(lambda: canary.replica_info("candidate")["pid"] != old, 120, what="a new candidate replica")
+
+    def candidate_pids():
+        return {r.get("pid") for r in canary.rollout()["replicas"] if r["arm"] == "candidate"}
+
+    wait_until(lambda: old not in candidate_pids(), 8, what="the stopped replica forgotten at once")
+    time.sleep(STALE_AFTER_S + 2)  # past the time a silent replica is taken for lost
+    assert old not in candidate_pids()
+    assert canary.rollout()["restarts"].get("candidate", 0) == before
+    assert canary.predict("k").status_code == 200
 
 
 def test_a_killed_model_replica_is_counted_as_a_restart(canary):

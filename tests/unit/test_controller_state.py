@@ -122,3 +122,29 @@ def test_metrics_text_parses_and_has_arms_histogram_and_counters():
     assert errors and errors[0].value == 50 and errors[0].labels["value"] == "acme"
     verdicts = {(v.labels["segment"], v.labels["verdict"]) for v in families["canary_gate_verdict"].samples}
     assert verdicts == {("all", "FAIL"), ("tier=gold", "FAIL")}
+
+
+def test_a_replica_stopped_on_purpose_is_no_restart_and_its_last_ooms_count():
+    """Serve stops replicas on purpose at a redeploy or a scale-down; their last report says so."""
+    state = TelemetryState()
+    state.report_replica("candidate", "old", {"oom_events": 0}, now=0)
+    state.report_replica("candidate", "new", {"oom_events": 0}, now=2)  # the redeploy's replacement
+    state.report_replica("candidate", "old", {"oom_events": 2, "stopping": "shutdown"}, now=3)
+    state.report_replica("candidate", "new", {"oom_events": 0}, now=3 + STALE_AFTER_S + 1)
+    state.expire(now=3 + STALE_AFTER_S + 1)
+    assert state.restarts == {} and state.oom_events == {"candidate": 2}
+    assert [r.replica_id for r in state.replicas.values()] == ["new"]
+    # one replaced for failing its health check (repeated OOMs) is a restart, said or not
+    state.report_replica("candidate", "new", {"oom_events": 3, "stopping": "unhealthy"}, now=20)
+    state.report_replica("candidate", "newer", {"oom_events": 0}, now=21)
+    state.expire(now=21 + STALE_AFTER_S + 1)
+    assert state.restarts == {"candidate": 1} and state.oom_events == {"candidate": 5}
+
+
+def test_a_quiet_replica_that_comes_back_leaves_no_loss_for_a_later_replica_to_claim():
+    state = TelemetryState()
+    state.report_replica("stable", "s1", {}, now=0)
+    state.expire(now=STALE_AFTER_S + 1)  # quiet for a while: presumed lost
+    state.report_replica("stable", "s1", {}, now=STALE_AFTER_S + 2)  # it was only quiet
+    state.report_replica("stable", "s2", {}, now=STALE_AFTER_S + 3)  # scaled up: a new replica, no restart
+    assert state.restarts == {}

@@ -347,3 +347,27 @@ def test_a_rollout_left_for_another_keeps_its_last_seconds_of_telemetry(
     sup.persist()
     restarted = supervisor(store_path, clock)  # what a restarted controller shows
     assert restarted.view()["rollout_key"] == r1 and restarted.window.arm("stable").requests == served
+
+
+def test_deploying_a_new_candidate_version_is_no_replica_restart(store_path: Path, clock: Clock) -> None:
+    """A new version in the application's args restarts every model replica; Serve stops the old ones on
+    purpose, and they say so, so the new rollout's `replica_restarts` gate does not fail on them."""
+    sup = supervisor(store_path, clock)
+    gates = {"replica_restarts": {"maximum": 0}}
+
+    def serve(seconds: int, replicas: str) -> None:
+        for _ in range(seconds):
+            for arm in ("stable", "candidate"):
+                sup.report_replica(arm, f"{replicas}-{arm}", {"oom_events": 0})
+            run(sup, clock, 1)
+
+    sup.configure(section(promotion_gates=gates), VERSIONS)
+    serve(5, "old")
+    sup.configure(section(promotion_gates=gates), {**VERSIONS, "candidate": "fraud-v3"})
+    serve(2, "new")  # Serve starts the new replicas, then stops the old ones
+    for arm in ("stable", "candidate"):
+        sup.report_replica(arm, f"old-{arm}", {"oom_events": 0, "stopping": "shutdown"})
+    serve(20, "new")
+    assert sup.evidence().restarts == {"stable": 0, "candidate": 0}
+    assert sup.view()["stage"] != "rolled_back"
+    assert "FAIL" not in [g["verdict"] for g in sup.view()["gates"] if g["gate"] == "replica_restarts"]
