@@ -128,8 +128,9 @@ def test_a_model_replica_replaced_by_a_redeploy_is_no_restart(canary):
     def candidate_pids():
         return {r.get("pid") for r in canary.rollout()["replicas"] if r["arm"] == "candidate"}
 
-    wait_until(lambda: old not in candidate_pids(), 8, what="the stopped replica forgotten at once")
-    time.sleep(STALE_AFTER_S + 2)  # past the time a silent replica is taken for lost
+    # Serve stops the old replica after its drain loop (2 s); its last report removes it from the list
+    wait_until(lambda: old not in candidate_pids(), 15, what="the stopped replica forgotten")
+    time.sleep(STALE_AFTER_S + 2)  # past the time a silent replica is taken for lost, then replaced
     assert old not in candidate_pids()
     assert canary.rollout()["restarts"].get("candidate", 0) == before
     assert canary.predict("k").status_code == 200
