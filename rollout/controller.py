@@ -124,9 +124,12 @@ class RolloutController:
         requests: list[Any] | None = None,
         feedback: list[Any] | None = None,
         propagation_s: list[float] | None = None,
+        rollout: str | None = None,
     ) -> None:
         self._ensure_loop()
-        self._core.ingest(replica_id, window, in_flight, requests or (), feedback or (), propagation_s or ())
+        self._core.ingest(
+            replica_id, window, in_flight, requests or (), feedback or (), propagation_s or (), rollout
+        )
 
     async def report_replica(self, arm: str, replica_id: str, report: dict[str, Any]) -> None:
         self._ensure_loop()

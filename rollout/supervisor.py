@@ -31,6 +31,7 @@ from serving.telemetry import Window
 logger = logging.getLogger("canary.controller")
 
 PERSIST_EVERY_S = 5.0  # per-window aggregates go to the store this often
+MAX_LEFT_ROLLOUTS = 16  # rollouts this controller switched away from, whose late windows it still files
 MAX_UNSTORED_WRITES = 100_000  # request-log and feedback batches kept while the store cannot be written
 EVENTS_SHOWN = 200
 FEEDBACK_RANGE = (0.0, 1.0)
@@ -97,6 +98,7 @@ class RolloutSupervisor:
         self._hash: str | None = None
         self.window = Window()  # the current rollout's telemetry, every window since it started
         self._unsaved = Window()
+        self._left: dict[str, str] = {}  # rollout key -> its stage when another rollout was deployed
         self._saved_at = clock()
         self.judgement: Judgement | None = None
         self._final_gates: list[dict[str, Any]] = []
@@ -276,9 +278,15 @@ class RolloutSupervisor:
         requests: Sequence[tuple[str, float, str, list[tuple[str, str]]]] = (),
         feedback: Sequence[tuple[str, str, float, float]] = (),
         propagation_s: Sequence[float] = (),
+        rollout: str | None = None,
     ) -> None:
         """One Ingress replica's counts since its last flush, the request ids it served, feedback it joined
-        itself (request id, metric, value, ts) and how long its routing-table updates took to arrive."""
+        itself (request id, metric, value, ts) and how long its routing-table updates took to arrive.
+
+        ``rollout`` is the key of the rollout the replica served them under. While a redeploy rolls out, a
+        replica still on the previous config serves the previous models, so when that key is a rollout this
+        controller has left, its window is filed under it, not counted for the new candidate.
+        """
         now = self.clock()
         delta = Window.from_dict(window)
         self.telemetry.ingest(replica_id, delta, in_flight, now)
@@ -286,9 +294,13 @@ class RolloutSupervisor:
             self.propagation.add(max(lag, 0.0))
         if self.machine is None:
             return
-        self.window.merge(delta)
-        self._unsaved.merge(delta)
         key = self.machine.state.key
+        if rollout is not None and rollout != key and rollout in self._left:
+            key = rollout
+            self._write(functools.partial(self.store.append_window, key, self._left[key], delta))
+        else:
+            self.window.merge(delta)
+            self._unsaved.merge(delta)
         if requests:
             rows = [(rid, ts, arm, [(s[0], s[1]) for s in segs]) for rid, ts, arm, segs in requests]
             self._write(lambda: self.store.log_requests(key, rows))
@@ -304,11 +316,15 @@ class RolloutSupervisor:
     def _close_window(self, machine: RolloutMachine, now: float) -> None:
         """Writes the outgoing rollout's telemetry since the last write under its own key (kept in order
         while the store fails), before another rollout takes the window."""
+        stage = machine.stage.name if machine.stage else machine.state.phase.value
+        self._left.pop(machine.state.key, None)
+        self._left[machine.state.key] = stage
+        while len(self._left) > MAX_LEFT_ROLLOUTS:
+            self._left.pop(next(iter(self._left)))
         if self._unsaved.empty():
             return
         window, self._unsaved = self._unsaved, Window(start=now)
         window.end = now
-        stage = machine.stage.name if machine.stage else machine.state.phase.value
         self._write(functools.partial(self.store.append_window, machine.state.key, stage, window))
 
     def _write(self, write: Callable[[], None]) -> None:

@@ -22,6 +22,7 @@ from models.errors import InvalidInputError
 from models.inputs import parse_request
 from models.server import ModelOverloadedError
 from rollout.controller import get_or_create_controller
+from rollout.policy import rollout_key
 from serving.config import IngressConfig, validate_section
 from serving.errors import InvalidConfigError
 from serving.fields import extract
@@ -118,6 +119,7 @@ class Ingress(OperatorRoutes):
         self._app = context.app_name
         self._replica_id = context.replica_id.unique_id
         self._controller: Any = None  # created at the first reconfigure, which knows the store path
+        self._rollout_key: str | None = None  # the rollout this replica serves under, sent with its counts
         self._flusher: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
@@ -155,6 +157,12 @@ class Ingress(OperatorRoutes):
                 self._config.rollout.candidate_weight,
             )
             return
+        key = rollout_key(
+            self._app, config.rollout.rollout_id, {a.value: v for a, v in self._versions.items()}
+        )
+        if self._controller is not None and key != self._rollout_key:
+            await self._flush()  # what was served under the previous rollout is counted for it
+        self._rollout_key = key
         previous = self._config
         self._config = config
         self._config_error = None
@@ -451,7 +459,13 @@ class Ingress(OperatorRoutes):
             try:
                 await asyncio.wait_for(
                     self._controller.ingest.remote(
-                        self._replica_id, delta.to_dict(), self._shadow.in_flight, requests, feedback, lags
+                        self._replica_id,
+                        delta.to_dict(),
+                        self._shadow.in_flight,
+                        requests,
+                        feedback,
+                        lags,
+                        rollout=self._rollout_key,
                     ),
                     timeout_s,
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,33 @@ def test_a_new_rollout_shows_its_own_numbers_while_metrics_stay_cumulative(canar
     wait_until(lambda: served(canary) == 40, 30, what="exactly the new rollout's requests")
     # Prometheus counters never go back: /metrics counts both rollouts
     assert metrics_requests(canary) >= counted_before + 40 >= 70
+
+
+def test_traffic_during_a_redeploy_is_counted_for_the_rollout_that_served_it(canary):
+    """Under steady traffic, rollout A sends everything to the candidate and B nothing; what the Ingress
+    served under A's config (flushed at its reconfigure, tagged with A) never shows in B's candidate
+    column."""
+    canary.deploy(canary.edited(candidate_weight=100, rollout_id=f"a-{uuid.uuid4().hex[:8]}"))
+    wait_until(lambda: canary.rollout()["candidate_weight"] == 100, 30)
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            canary.predict(f"t{worker}-{i}")
+            i += 1
+
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(client, w) for w in range(4)]
+        wait_until(lambda: canary.rollout()["arms"]["candidate"]["stats"]["requests"] >= 40, 60)
+        canary.deploy(canary.edited(candidate_weight=0, rollout_id=f"b-{uuid.uuid4().hex[:8]}"))
+        wait_until(lambda: canary.rollout()["candidate_weight"] == 0, 30)
+        wait_until(lambda: canary.rollout()["arms"]["stable"]["stats"]["requests"] >= 40, 60)
+        stop.set()
+        for c in clients:
+            c.result(timeout=60)
+    # at most the few requests in flight while the replica switched (4 clients) were routed under A's table
+    assert canary.rollout()["arms"]["candidate"]["stats"]["requests"] <= 4
 
 
 def test_metrics_are_prometheus_text_with_arms_side_by_side(canary):

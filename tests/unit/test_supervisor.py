@@ -371,3 +371,32 @@ def test_deploying_a_new_candidate_version_is_no_replica_restart(store_path: Pat
     assert sup.evidence().restarts == {"stable": 0, "candidate": 0}
     assert sup.view()["stage"] != "rolled_back"
     assert "FAIL" not in [g["verdict"] for g in sup.view()["gates"] if g["gate"] == "replica_restarts"]
+
+
+def test_counts_served_under_a_rollout_already_left_are_filed_under_it(
+    store_path: Path, clock: Clock
+) -> None:
+    """While a redeploy rolls out, an Ingress replica still on the previous config serves the previous
+    candidate; its counts belong to the previous rollout, not to the new candidate's evidence."""
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 3)
+    r1 = sup.view()["rollout_key"]
+    sup.configure(section(), {**VERSIONS, "candidate": "fraud-v3"})
+    r2 = sup.view()["rollout_key"]
+    late = Window(start=clock.now - 1, end=clock.now)
+    for _ in range(50):
+        late.arm("candidate").record("error", 0.05)  # the previous candidate failing
+    sup.ingest("old-ingress", late.to_dict(), 0, [("req-late", clock.now, "candidate", [])], rollout=r1)
+    assert sup.window.arm("candidate").requests == 0
+    fresh = Window(start=clock.now, end=clock.now + 1)
+    fresh.arm("candidate").record("ok", 0.05)
+    sup.ingest("new-ingress", fresh.to_dict(), 0, rollout=r2)
+    sup.ingest("unknown", fresh.to_dict(), 0, rollout="canary/never-seen/a->b")  # not left: counted here
+    sup.ingest("untagged", fresh.to_dict(), 0)
+    assert sup.window.arm("candidate").requests == 3 and sup.window.arm("candidate").errors == 0
+    clock.now += 10
+    sup.persist()
+    assert store_path.exists() and sup.store.merged_window(r1).arm("candidate").errors == 50
+    assert sup.store.merged_window(r2).arm("candidate").requests == 3
+    assert sup.store.find_request("req-late").key == r1
