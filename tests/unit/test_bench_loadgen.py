@@ -35,7 +35,7 @@ def test_closed_loop_counts_add_up_and_every_status_is_kept():
         return httpx.Response(503 if n % 5 == 0 else 200, json={"ok": True})
 
     result = asyncio.run(
-        run_closed(URL, body, concurrency=4, duration_s=0.3, warmup_s=0.05, transport=server(handler))
+        run_closed(URL, body, concurrency=4, duration_s=1.0, warmup_s=0.2, transport=server(handler))
     )
     assert result.requests > 0 and result.sent >= result.requests
     assert result.requests == result.ok + result.non_2xx + result.errors + result.incomplete
