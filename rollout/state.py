@@ -12,6 +12,7 @@ from serving.segments import ALL
 from serving.telemetry import Window
 
 STALE_AFTER_S = 10.0  # a replica silent this long is gone
+MAX_STOPPED = 1024  # replicas remembered as stopped on purpose, so a report arriving late is ignored
 
 
 @dataclass
@@ -37,6 +38,7 @@ class TelemetryState:
     restarts: dict[str, int] = field(default_factory=dict)
     _pending_lost: dict[str, list[str]] = field(default_factory=dict)  # arm -> lost, not yet replaced
     _gone: dict[str, int] = field(default_factory=dict)  # replica id -> OOMs already counted from it
+    _stopped: dict[str, None] = field(default_factory=dict)  # replicas that said they stopped, oldest first
     series: ArmSeries = field(default_factory=ArmSeries)  # per-arm numbers over time, for the charts
 
     def ingest(self, replica_id: str, window: Window, in_flight: int, now: float) -> None:
@@ -56,6 +58,8 @@ class TelemetryState:
         that stopped without a word (crashed, killed, its node lost) and was replaced.
         """
         self.expire(now)
+        if replica_id in self._stopped:  # a report that was overtaken by its replica's last one
+            return
         record = self.replicas.get(replica_id)
         if record is None and replica_id in self._gone:
             # it was only quiet (a long GC pause, a busy controller): not lost after all
@@ -66,6 +70,9 @@ class TelemetryState:
         if report.get("stopping") == "shutdown":
             self._count_ooms(arm, int(report.get("oom_events", 0)) - (record.oom_seen if record else 0))
             self.replicas.pop(replica_id, None)
+            self._stopped[replica_id] = None
+            while len(self._stopped) > MAX_STOPPED:
+                self._stopped.pop(next(iter(self._stopped)))
             return
         if record is None:
             record = self.replicas[replica_id] = ReplicaRecord(arm, replica_id, now, now, report)
@@ -89,10 +96,13 @@ class TelemetryState:
                 continue
             del self.replicas[replica_id]
             self._gone[replica_id] = record.oom_seen
+            # replaced: a newer replica of its arm is reporting now (when every replica is silent, it is the
+            # controller that stalled, not they that died)
             replaced = any(
                 r.arm == record.arm
                 and r.first_seen > record.last_seen - STALE_AFTER_S
                 and r.first_seen > record.first_seen
+                and now - r.last_seen <= STALE_AFTER_S
                 for r in self.replicas.values()
             )
             if replaced:

@@ -136,7 +136,8 @@ def test_a_replica_stopped_on_purpose_is_no_restart_and_its_last_ooms_count():
     assert [r.replica_id for r in state.replicas.values()] == ["new"]
     # one replaced for failing its health check (repeated OOMs) is a restart, said or not
     state.report_replica("candidate", "new", {"oom_events": 3, "stopping": "unhealthy"}, now=20)
-    state.report_replica("candidate", "newer", {"oom_events": 0}, now=21)
+    for now in (21, 26, 31):  # its replacement, reporting
+        state.report_replica("candidate", "newer", {"oom_events": 0}, now=now)
     state.expire(now=21 + STALE_AFTER_S + 1)
     assert state.restarts == {"candidate": 1} and state.oom_events == {"candidate": 5}
 
@@ -148,3 +149,38 @@ def test_a_quiet_replica_that_comes_back_leaves_no_loss_for_a_later_replica_to_c
     state.report_replica("stable", "s1", {}, now=STALE_AFTER_S + 2)  # it was only quiet
     state.report_replica("stable", "s2", {}, now=STALE_AFTER_S + 3)  # scaled up: a new replica, no restart
     assert state.restarts == {}
+
+
+def test_a_controller_that_stalled_counts_no_restart_when_its_replicas_report_again():
+    """Every replica silent at once means the controller heard nothing (a long pause of its own), not that
+    they died: an older replica beside a newer, equally silent one is no restart."""
+    state = TelemetryState()
+    state.report_replica("stable", "s1", {}, now=0)
+    state.report_replica("stable", "s2", {}, now=5)  # a scale-up, reporting since
+    state.report_replica("stable", "s1", {}, now=6)
+    state.report_replica("stable", "s2", {}, now=6)
+    stalled_until = 6 + STALE_AFTER_S + 5
+    state.report_replica("stable", "s2", {}, now=stalled_until)  # the queued reports arrive
+    state.report_replica("stable", "s1", {}, now=stalled_until)
+    state.expire(now=stalled_until + 1)
+    assert state.restarts == {}
+    assert sorted(r.replica_id for r in state.replicas.values()) == ["s1", "s2"]
+    # a replica that truly dies beside live ones still counts, once its replacement reports
+    state.report_replica("stable", "s2", {}, now=stalled_until + 6)
+    state.report_replica("stable", "s3", {}, now=stalled_until + 7)
+    state.report_replica("stable", "s2", {}, now=stalled_until + 12)
+    state.report_replica("stable", "s3", {}, now=stalled_until + 12)
+    state.expire(now=stalled_until + 12)
+    assert state.restarts == {"stable": 1}
+
+
+def test_a_report_that_arrives_after_its_replicas_last_one_is_ignored():
+    state = TelemetryState()
+    state.report_replica("candidate", "old", {"oom_events": 1}, now=0)
+    state.report_replica("candidate", "new", {"oom_events": 0}, now=1)
+    state.report_replica("candidate", "old", {"oom_events": 1, "stopping": "shutdown"}, now=2)
+    state.report_replica("candidate", "old", {"oom_events": 1}, now=2.5)  # sent before, arrived after
+    assert [r.replica_id for r in state.replicas.values()] == ["new"]
+    state.report_replica("candidate", "new", {"oom_events": 0}, now=3 + 2 * STALE_AFTER_S)
+    state.expire(now=3 + 2 * STALE_AFTER_S)
+    assert state.restarts == {} and state.oom_events == {"candidate": 1}
