@@ -22,6 +22,9 @@ from rollout.store_url import parse_store_location, redact
 
 BUSY_TIMEOUT_MS = 5000  # a CLI reading the SQLite file may hold a read lock briefly; wait rather than fail
 CONNECT_TIMEOUT_S = 10  # PostgreSQL: an unreachable server is an error within this, not a hang
+# PostgreSQL: TCP keepalives, so a connection whose server or network went away breaks within ~25 s and the
+# store reconnects, rather than a statement waiting for the kernel's retransmissions (~15 min)
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 # pg_advisory_lock key: serialises schema migrations of controllers sharing one database ("canary")
 _MIGRATION_LOCK = 0x63616E617279
 
@@ -264,6 +267,7 @@ class PostgresDialect:
             options["connect_timeout"] = CONNECT_TIMEOUT_S
         if "application_name" not in given:
             options["application_name"] = "canary-serve"
+        options.update({name: value for name, value in KEEPALIVES.items() if name not in given})
         return _PostgresConnection(psycopg.connect(self.url, **options))
 
     def schema_version(self, conn: Connection) -> int:

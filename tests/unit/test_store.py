@@ -502,6 +502,20 @@ def test_a_postgres_connection_that_breaks_is_reopened_on_the_next_call(postgres
         assert record is not None and record.state == {"stage": "shadow"}
 
 
+def test_a_postgres_connection_sends_tcp_keepalives_unless_the_url_sets_them(postgres: PostgresServer):
+    """A server or network that goes away silently breaks the connection within seconds, not the kernel's
+    ~15 minutes of retransmissions; what the URL says wins."""
+    url = postgres.create_database()
+    for location, idle in ((url, "10"), (f"{url}?keepalives_idle=30", "30")):
+        with RolloutStore(location) as s:
+            params = s._conn._conn.info.get_parameters()  # type: ignore[union-attr]
+            assert (params["keepalives"], params["keepalives_idle"], params["keepalives_count"]) == (
+                "1",
+                idle,
+                "3",
+            )
+
+
 @pytest.mark.parametrize("how", ["wrong password", "nothing listens"])
 def test_an_unreachable_postgres_is_a_store_error_that_hides_the_password(postgres: PostgresServer, how):
     secret = "hunter2-" + postgres.password[:6]
