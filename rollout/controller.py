@@ -8,7 +8,9 @@ rollback reaches it in milliseconds). Ray restarts it after a crash, on any node
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -23,11 +25,17 @@ from rollout.notify import Notifier, run_check
 from rollout.report import build_report
 from rollout.store import Retention, RolloutStore
 from rollout.store_url import parse_store_location
-from rollout.supervisor import FeedbackError, RolloutSupervisor
+from rollout.store_worker import StoreWorker
+from rollout.supervisor import MAX_UNSTORED_WRITES, FeedbackError, RolloutSupervisor
 
 NAMESPACE = "canary"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger("canary.controller")
+
+# How long an answer waits for the store's thread. The judgement loop and the routing push never wait.
+CONFIGURE_READ_S = 8.0  # within the Ingress's 10 s; a config not taken is offered again by the Ingress
+FEEDBACK_STORE_S = 2.0  # POST /feedback: 503 (the client retries) rather than a hanging request
+REPORT_READ_S = 30.0
 
 
 def controller_name(app: str) -> str:
@@ -59,9 +67,13 @@ class RolloutController:
         self._app = app
         store = RolloutStore(resolve_store_location(store_location), Retention(**(retention or {})))
         logger.info("rollout store: %s (%s)", store.location, store.backend)  # a URL's password masked
+        # the store's own thread: a store that hangs holds up writes and reads, never this event loop
+        self._worker = StoreWorker(time.time, background=True, max_rows=MAX_UNSTORED_WRITES)
         self._core = RolloutSupervisor(
-            app, store, time.time, lambda hooks: Notifier(hooks) if hooks else None
+            app, store, time.time, lambda hooks: Notifier(hooks) if hooks else None, self._worker
         )
+        self._configuring = asyncio.Lock()
+        self._pruning: concurrent.futures.Future[Any] | None = None
         self._changed = asyncio.Event()
         self._core.on_table = lambda table: self._table_changed()
         self._loop: asyncio.Task[None] | None = None
@@ -74,7 +86,18 @@ class RolloutController:
 
     def _ensure_loop(self) -> None:
         if self._loop is None or self._loop.done():
-            self._loop = asyncio.get_running_loop().create_task(self._run())
+            loop = asyncio.get_running_loop()
+            self._worker.deliver = loop.call_soon_threadsafe  # stored events are notified on this loop
+            self._loop = loop.create_task(self._run())
+
+    async def _store_call(self, run: Any, timeout_s: float) -> Any:
+        """``run()`` on the store's thread, in order with its writes; TimeoutError after ``timeout_s``."""
+        future = self._worker.call(run)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+        except TimeoutError:
+            future.cancel()  # not run yet: it never will be
+            raise
 
     async def _run(self) -> None:
         """The judgement loop: one step per `judge_interval_s`, external checks off the loop."""
@@ -89,9 +112,10 @@ class RolloutController:
                     asyncio.get_running_loop().create_task(self._ask(*wanted))
                 while self._core.retired:
                     asyncio.get_running_loop().create_task(_retire(self._core.retired.pop()))
-                if time.time() - self._pruned_at > 60:  # big deletes take ~0.5 s: off the event loop
-                    self._pruned_at = time.time()
-                    await asyncio.to_thread(self._core.store.prune)
+                if time.time() - self._pruned_at > 60 and (self._pruning is None or self._pruning.done()):
+                    self._pruned_at = time.time()  # big deletes take ~0.5 s: on the store's thread
+                    self._pruning = self._worker.call(self._core.store.prune)
+                    self._pruning.add_done_callback(_log_prune_failure)
             except Exception:  # one bad step must not stop the controller; it is logged and retried
                 logger.exception("rollout step failed")
 
@@ -113,8 +137,24 @@ class RolloutController:
         return os.getpid()
 
     async def configure(self, section: dict[str, Any], versions: dict[str, str]) -> dict[str, Any]:
+        """Takes a deployed Ingress config. What the store holds of its rollout identity is read first, on
+        the store's thread; a store that does not answer in time refuses the config (the Ingress offers it
+        again) rather than starting over a rollout that may be half done."""
         self._ensure_loop()
-        return self._core.configure(section, versions)
+        async with self._configuring:  # one at a time: what was read is what is applied
+            key = self._core.identity_to_read(section, versions)
+            stored = None
+            if key is not None:
+                try:
+                    stored = await self._store_call(
+                        functools.partial(self._core.read_identity, key), CONFIGURE_READ_S
+                    )
+                except TimeoutError:
+                    raise StoreUnavailableError(
+                        f"the rollout store did not answer within {CONFIGURE_READ_S:g} s; "
+                        "the config is offered again"
+                    ) from None
+            return self._core.configure(section, versions, stored)
 
     async def ingest(
         self,
@@ -175,9 +215,19 @@ class RolloutController:
 
     async def feedback(self, request_id: str, metric: str, value: float) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body). An id the Ingress has not flushed yet gets ~2 s to arrive before a 404."""
+        core = self._core
         for attempt in range(9):
             try:
-                return 200, self._core.feedback(request_id, metric, value)
+                core.check_feedback(metric, value)
+                try:
+                    found = await self._store_call(
+                        functools.partial(core.store_feedback, request_id, metric, value), FEEDBACK_STORE_S
+                    )
+                except Exception:  # the client retries: a score is refused, never silently dropped
+                    raise FeedbackError(
+                        503, "request_id", "the rollout store is unavailable; retry later"
+                    ) from None
+                return 200, core.feedback_stored(found, request_id, metric, value)
             except FeedbackError as exc:
                 if exc.status != 404 or attempt == 8:
                     return exc.status, {"error": "invalid_feedback", "field": exc.field, "detail": str(exc)}
@@ -195,8 +245,24 @@ class RolloutController:
 
     async def report(self) -> dict[str, Any]:
         """The post-rollout report: Markdown, HTML and the PNG plots (bytes)."""
-        report = build_report(self._core.report_input())
+        core = self._core
+        stored = None
+        if core.machine is not None and core.config is not None:
+            core.persist()  # the windows since the last write first, then both read after them
+            stored = await self._store_call(
+                functools.partial(core.read_report, core.machine.state.key), REPORT_READ_S
+            )
+        report = build_report(core.report_input(stored))
         return {"markdown": report.markdown, "html": report.html, "images": report.images}
+
+
+class StoreUnavailableError(RuntimeError):
+    """The rollout store did not answer in time for a config to be taken."""
+
+
+def _log_prune_failure(future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("pruning the rollout store failed: %r", future.exception())
 
 
 async def _retire(notifier: Notifier) -> None:

@@ -21,8 +21,9 @@ from rollout.notify import CheckOutcome, Notifier
 from rollout.policy import rollout_key
 from rollout.report import ReportInput
 from rollout.state import TelemetryState
-from rollout.store import RolloutStore
+from rollout.store import LoggedRequest, RolloutRecord, RolloutStore
 from rollout.store_url import redact
+from rollout.store_worker import StoreWorker
 from serving.config import IngressConfig
 from serving.segments import ALL
 from serving.sketch import LatencySketch
@@ -61,6 +62,17 @@ def config_hash(section: dict[str, Any], versions: dict[str, str]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+@dataclass(frozen=True)
+class StoredIdentity:
+    """What the store holds of one rollout identity, read (on the store's thread) before a config for it
+    is applied: its row, its telemetry and its events."""
+
+    key: str
+    record: RolloutRecord | None
+    window: Window
+    events: list[dict[str, Any]]
+
+
 @dataclass
 class CheckState:
     stage_index: int
@@ -77,6 +89,8 @@ class RolloutSupervisor:
         store: the SQLite store (state, events, windows, request log, feedback).
         clock: seconds since the epoch; injected for tests.
         notifier_factory: builds the webhook notifier from a policy's webhooks (none in unit tests).
+        worker: runs the store's jobs; by default in the caller (the controller gives it a thread, so that
+            a store that hangs never holds up the judgement or the routing push).
     """
 
     def __init__(
@@ -85,6 +99,7 @@ class RolloutSupervisor:
         store: RolloutStore,
         clock: Callable[[], float],
         notifier_factory: Callable[[Sequence[Any]], Notifier | None] = lambda hooks: None,
+        worker: StoreWorker | None = None,
     ) -> None:
         self.app, self.store, self.clock = app, store, clock
         self._notifier_factory = notifier_factory
@@ -108,12 +123,11 @@ class RolloutSupervisor:
         self._gpu_peak: dict[str, float] = {}
         self._reported_arms: set[str] = set()
         self.on_table: Callable[[dict[str, Any]], None] = lambda table: None
-        # Store health: while writes fail, promotion is frozen (nothing advances on evidence that cannot be
-        # kept), rollback still acts, and what could not be written waits here, in order, bounded.
-        self.store_error: str | None = None
-        self.store_failed_since: float | None = None
-        self._unstored_events: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-        self._unstored_rows: list[Callable[[], None]] = []
+        # Every write goes through the worker, in order. While writes fail (or the store hangs), promotion
+        # is frozen (nothing advances on evidence that cannot be kept), rollback still acts, and what could
+        # not be written waits there, in order, bounded.
+        self.worker = worker or StoreWorker(clock, max_rows=MAX_UNSTORED_WRITES)
+        self._events: list[dict[str, Any]] = []  # the current rollout's events, stored or on their way
         self._resume()
 
     # --- start-up ------------------------------------------------------------------------------------------
@@ -135,6 +149,7 @@ class RolloutSupervisor:
         for _, window in self.store.windows(record.key):
             self.window.merge(window)
             self.telemetry.series.add(window, window.end or window.start)  # the charts keep its history
+        self._events = self.store.events(record.key)
         self._load_final_evidence()
         self._set_webhooks(config.rollout.webhooks)
         state.table_version += 1  # every Ingress re-reads the table after a restart
@@ -143,8 +158,7 @@ class RolloutSupervisor:
         )
 
     def _load_final_evidence(self) -> None:
-        assert self.machine is not None
-        for event in reversed(self.store.events(self.machine.state.key)):
+        for event in reversed(self._events):
             gates = (event.get("evidence") or {}).get("gates")
             if gates:
                 self._final_gates, self._final_worse = gates, (event.get("evidence") or {}).get("worse", [])
@@ -152,32 +166,55 @@ class RolloutSupervisor:
 
     # --- config --------------------------------------------------------------------------------------------
 
-    def configure(self, section: dict[str, Any], versions: dict[str, str]) -> dict[str, Any]:
+    def identity_to_read(self, section: dict[str, Any], versions: dict[str, str]) -> str | None:
+        """The rollout key whose stored identity `configure` needs for this config, or None when it needs
+        nothing from the store (a change within the running rollout's identity)."""
+        rollout = IngressConfig.model_validate(section).rollout
+        key = rollout_key(self.app, rollout.rollout_id, versions)
+        return None if self.machine is not None and self.machine.state.key == key else key
+
+    def read_identity(self, key: str) -> StoredIdentity:
+        """Store reads only, so the controller runs it on the store's thread."""
+        return StoredIdentity(
+            key, self.store.load_rollout(key), self.store.merged_window(key), self.store.events(key)
+        )
+
+    def configure(
+        self, section: dict[str, Any], versions: dict[str, str], stored: StoredIdentity | None = None
+    ) -> dict[str, Any]:
         """A deployed Ingress ``user_config`` (already validated by the Ingress); returns the routing table.
 
         A new rollout identity (id + both model versions) starts over at the first stage; the same identity
         resumes. In auto mode, weights edited in the config pause the automation (an operator override).
+        ``stored`` is `read_identity` of `identity_to_read`'s key, read beforehand off the event loop;
+        without it, the store is read here.
         """
         digest = config_hash(section, versions)
         if digest == self._hash and self.machine is not None:
             return self.table()
+        wanted = self.identity_to_read(section, versions)
+        if wanted is not None and (stored is None or stored.key != wanted):
+            stored = self.read_identity(wanted)
         config = IngressConfig.model_validate(section)
         rollout = config.rollout
         now = self.clock()
         key = rollout_key(self.app, rollout.rollout_id, versions)
         events: list[dict[str, Any]] = []
         machine = self.machine
-        known = self._stored_machine(key, rollout) if machine is None or machine.state.key != key else None
+        new_key = machine is None or machine.state.key != key
+        known = self._stored_machine(stored, rollout) if stored is not None and new_key else None
         if machine is not None and (
             known is not None or machine.state.key != key or machine.state.mode != rollout.mode
         ):
             self._close_window(machine, now)
         if known is not None:  # the same identity deployed again: it resumes where it was
+            assert stored is not None
             if machine is not None and machine.state.phase not in (Phase.CLOSED, Phase.MANUAL):
                 self._record(machine, [self._superseded(machine, key, now)])
             machine = self.machine = known
-            self.window, self._unsaved = self.store.merged_window(key), Window(start=now)
+            self.window, self._unsaved = stored.window, Window(start=now)
             self.judgement, self.check = None, None
+            self._events = list(stored.events)
             self._load_final_evidence()
             reason = f"the same rollout deployed again; it resumes {known.state.phase.value}"
             events.append(self._note(known, "redeployed", now, reason))
@@ -197,12 +234,11 @@ class RolloutSupervisor:
             if self.machine is not None:
                 machine.state.table_version = self.machine.state.table_version
             # a manual rollout (or a change of mode) starts a new machine, but the identity's telemetry
-            # continues: what a restarted controller would read from the store
-            self.machine, self.window, self._unsaved = (
-                machine,
-                self.store.merged_window(key),
-                Window(start=now),
-            )
+            # continues: what a restarted controller would read from the store (the same identity in
+            # another mode has all of it in memory already, some of it perhaps not yet written)
+            if stored is not None:
+                self.window, self._events = stored.window, list(stored.events)
+            self.machine, self._unsaved = machine, Window(start=now)
             self.judgement, self._final_gates, self._final_worse, self.check = None, [], [], None
             events.append(started)
         else:
@@ -213,15 +249,17 @@ class RolloutSupervisor:
                 events += machine.manual_weights(now, (rollout.weight, rollout.shadow), "config")
         self.config, self.versions, self._hash = config, dict(versions), digest
         self._set_webhooks(rollout.webhooks)
-        try:
-            self.store.save_rollout(
+        # taken all the same while the store fails: the row is written, before anything of this rollout,
+        # once the store recovers
+        self.worker.write(
+            functools.partial(
+                self.store.save_rollout,
                 key,
                 app=self.app,
                 policy={"config": without_secrets(section), "versions": versions, "hash": digest},
                 state=machine.state.to_dict(),
             )
-        except Exception as exc:  # taken all the same; the next `persist` writes it once the store recovers
-            self._store_failed(exc)
+        )
         self._record(machine, events)
         self.publish()
         return self.table()
@@ -235,9 +273,9 @@ class RolloutSupervisor:
         self._hooks = tuple(hooks)
         self.notifier = self._notifier_factory(hooks)
 
-    def _stored_machine(self, key: str, rollout: Any) -> RolloutMachine | None:
+    def _stored_machine(self, stored: StoredIdentity, rollout: Any) -> RolloutMachine | None:
         """The stored rollout with this identity and mode, if there is one."""
-        record = self.store.load_rollout(key)
+        record = stored.record
         if record is None:
             return None
         try:
@@ -297,15 +335,15 @@ class RolloutSupervisor:
         key = self.machine.state.key
         if rollout is not None and rollout != key and rollout in self._left:
             key = rollout
-            self._write(functools.partial(self.store.append_window, key, self._left[key], delta))
+            self.worker.write(functools.partial(self.store.append_window, key, self._left[key], delta))
         else:
             self.window.merge(delta)
             self._unsaved.merge(delta)
         if requests:
             rows = [(rid, ts, arm, [(s[0], s[1]) for s in segs]) for rid, ts, arm, segs in requests]
-            self._write(lambda: self.store.log_requests(key, rows))
+            self.worker.write(functools.partial(self.store.log_requests, key, rows), row=True)
         for row in feedback:
-            self._write(functools.partial(self._add_feedback, key, *row))
+            self.worker.write(functools.partial(self._add_feedback, key, *row), row=True)
 
     def _add_feedback(self, key: str, rid: str, metric: str, value: float, ts: float) -> None:
         found = self.store.find_request(rid)
@@ -325,38 +363,18 @@ class RolloutSupervisor:
             return
         window, self._unsaved = self._unsaved, Window(start=now)
         window.end = now
-        self._write(functools.partial(self.store.append_window, machine.state.key, stage, window))
+        self.worker.write(functools.partial(self.store.append_window, machine.state.key, stage, window))
 
-    def _write(self, write: Callable[[], None]) -> None:
-        """A request-log or feedback write: done now, or kept (in order, bounded) while the store fails."""
-        if self.store_error is None:
-            try:
-                write()
-                return
-            except Exception as exc:
-                self._store_failed(exc)
-        if len(self._unstored_rows) < MAX_UNSTORED_WRITES:
-            self._unstored_rows.append(write)
+    @property
+    def store_error(self) -> str | None:
+        """Why promotion is frozen: the store's writes fail, or it has not answered for a while."""
+        problem = self.worker.problem(self.clock())
+        return problem[0] if problem else None
 
-    def _store_failed(self, exc: Exception) -> None:
-        if self.store_error is None:
-            self.store_failed_since = self.clock()
-            logger.error("the rollout store cannot be written (%r): promotion is frozen until it can", exc)
-        self.store_error = f"{type(exc).__name__}: {exc}"
-
-    def _flush_unstored(self) -> None:
-        """Writes what waited while the store failed (raises if it still fails); then notifies the events."""
-        while self._unstored_rows:
-            self._unstored_rows[0]()
-            self._unstored_rows.pop(0)
-        while self._unstored_events:
-            key, state, event = self._unstored_events[0]
-            event["seq"] = self.store.save_state_and_event(key, state, event)
-            self._unstored_events.pop(0)
-            self._notify(key, event)
-        if self.store_error is not None:
-            logger.info("the rollout store is writable again after %s", self.store_error)
-        self.store_error = self.store_failed_since = None
+    @property
+    def store_failed_since(self) -> float | None:
+        problem = self.worker.problem(self.clock())
+        return problem[1] if problem else None
 
     def report_replica(self, arm: str, replica_id: str, report: dict[str, Any]) -> None:
         self.telemetry.report_replica(arm, replica_id, report, self.clock())
@@ -369,12 +387,23 @@ class RolloutSupervisor:
         locally instead). Raises `FeedbackError` for an unknown id, metric or an out-of-range value."""
         self.check_feedback(metric, value)
         try:
-            found = self.store.find_request(request_id)
-            if found is not None:
-                self.store.add_feedback(found.key, request_id, found.arm, metric, value, self.clock())
-        except Exception as exc:  # the client retries: a score is refused, never silently dropped
-            self._store_failed(exc)
+            found = self.store_feedback(request_id, metric, value)
+        except Exception:  # the client retries: a score is refused, never silently dropped
             raise FeedbackError(503, "request_id", "the rollout store is unavailable; retry later") from None
+        return self.feedback_stored(found, request_id, metric, value)
+
+    def store_feedback(self, request_id: str, metric: str, value: float) -> LoggedRequest | None:
+        """Store work only (the controller runs it on the store's thread): the logged request, and the value
+        stored against the arm that served it."""
+        found = self.store.find_request(request_id)
+        if found is not None:
+            self.store.add_feedback(found.key, request_id, found.arm, metric, value, self.clock())
+        return found
+
+    def feedback_stored(
+        self, found: LoggedRequest | None, request_id: str, metric: str, value: float
+    ) -> dict[str, Any]:
+        """Counts a stored feedback value in the rollout's evidence; 404 for an id never logged."""
         if found is None:
             raise FeedbackError(
                 404, "request_id", f"unknown request_id {request_id!r} (or older than retention)"
@@ -492,22 +521,20 @@ class RolloutSupervisor:
         return {"events": events, "state": self.view()}
 
     def _record(self, machine: RolloutMachine, events: list[dict[str, Any]]) -> None:
-        """Every event is stored with the state it produced, in one transaction, before anyone hears of it."""
+        """Every event is stored with the state it produced, in one transaction, in order (kept until the
+        store takes it), and heard of (webhooks) only once stored."""
         for event in events:
             key, state = machine.state.key, machine.state.to_dict()
             logger.info("rollout %s: %s → %s (%s)", key, event["from"], event["to"], event["reason"])
-            if self.store_error is None and not self._unstored_events:
-                try:
-                    event["seq"] = self.store.save_state_and_event(key, state, event)
-                except Exception as exc:
-                    self._store_failed(exc)
-                else:
-                    self._notify(key, event)
-                    continue
-            # kept in order until the store takes it; heard of only once stored
-            self._unstored_events.append((key, state, event))
+            if machine is self.machine:
+                self._events.append(event)
+            self.worker.write(
+                functools.partial(self.store.save_state_and_event, key, state, event),
+                then=functools.partial(self._stored, key, event),
+            )
 
-    def _notify(self, key: str, event: dict[str, Any]) -> None:
+    def _stored(self, key: str, event: dict[str, Any], seq: int) -> None:
+        event["seq"] = seq
         if self.notifier is not None:
             self.notifier.send({"app": self.app, "rollout": key, **event})
 
@@ -517,29 +544,26 @@ class RolloutSupervisor:
         self._saved_at = now = self.clock()
         if machine is None:
             return
-        try:
-            if self.store_error is not None or self._unstored_rows or self._unstored_events:
-                self._save_rollout(machine)  # its row first: a rollout deployed while the store failed
-                self._flush_unstored()
-            if not self._unsaved.empty():
-                self._unsaved.end = now
-                stage = machine.stage.name if machine.stage else machine.state.phase.value
-                self.store.append_window(machine.state.key, stage, self._unsaved)
-                self._unsaved = Window(start=now)
-            self._save_rollout(machine)
-        except Exception as exc:  # the unsaved window keeps growing and is written once the store recovers
-            self._store_failed(exc)
-
-    def _save_rollout(self, machine: RolloutMachine) -> None:
-        self.store.save_rollout(
-            machine.state.key,
-            app=self.app,
-            policy={
-                "config": self.config.model_dump(mode="json") if self.config else {},
-                "versions": self.versions,
-                "hash": self._hash,
-            },
-            state=machine.state.to_dict(),
+        self.worker.retry()
+        if not self._unsaved.empty():
+            self._unsaved.end = now
+            stage = machine.stage.name if machine.stage else machine.state.phase.value
+            self.worker.write(
+                functools.partial(self.store.append_window, machine.state.key, stage, self._unsaved)
+            )
+            self._unsaved = Window(start=now)
+        self.worker.write(
+            functools.partial(
+                self.store.save_rollout,
+                machine.state.key,
+                app=self.app,
+                policy={
+                    "config": self.config.model_dump(mode="json") if self.config else {},
+                    "versions": self.versions,
+                    "hash": self._hash,
+                },
+                state=machine.state.to_dict(),
+            )
         )
 
     # --- routing -------------------------------------------------------------------------------------------
@@ -606,11 +630,7 @@ class RolloutSupervisor:
             }
         state, rollout = machine.state, self.config.rollout
         gates, worse, skipped = self.gates()
-        try:
-            events = self.store.events(state.key) + [e for _, _, e in self._unstored_events]
-        except Exception as exc:
-            self._store_failed(exc)
-            events = [e for _, _, e in self._unstored_events]
+        events = self._events
         counts = self.counts()
         return {
             "rollout_key": state.key,
@@ -639,7 +659,7 @@ class RolloutSupervisor:
                 "ok": self.store_error is None,
                 "error": self.store_error,
                 "since": self.store_failed_since,
-                "unstored": len(self._unstored_events) + len(self._unstored_rows),
+                "unstored": self.worker.pending,
             },
             "worse": worse,
             "skipped": skipped,
@@ -668,11 +688,21 @@ class RolloutSupervisor:
             },
         }
 
-    def report_input(self) -> ReportInput:
+    def read_report(self, key: str) -> tuple[list[dict[str, Any]], list[tuple[str, Window]]]:
+        """Store reads only (the controller runs them on the store's thread): the events and windows."""
+        return self.store.events(key), self.store.windows(key)
+
+    def report_input(
+        self, stored: tuple[list[dict[str, Any]], list[tuple[str, Window]]] | None = None
+    ) -> ReportInput:
+        """What the post-rollout report is built from; ``stored`` is `read_report` of the current rollout
+        after a `persist`, read beforehand off the event loop; without it, both are done here."""
         if self.machine is None or self.config is None:
             raise ActionError("no rollout yet: deploy a config first")
-        self.persist()
         key = self.machine.state.key
+        if stored is None:
+            self.persist()
+            stored = self.read_report(key)
         gates, worse, _ = self.gates()
         return ReportInput(
             app=self.app,
@@ -684,8 +714,8 @@ class RolloutSupervisor:
                 "versions": self.versions,
                 "rollout_id": self.config.rollout.rollout_id,
             },
-            events=self.store.events(key),
-            windows=self.store.windows(key),
+            events=stored[0],
+            windows=stored[1],
             gates=gates,
             worse=worse,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from rollout.machine import ActionError
 from rollout.store import RolloutStore
+from rollout.store_worker import StoreWorker
 from rollout.supervisor import FeedbackError, RolloutSupervisor
 from serving.segments import ALL
 from serving.telemetry import Window
@@ -400,3 +402,41 @@ def test_counts_served_under_a_rollout_already_left_are_filed_under_it(
     assert store_path.exists() and sup.store.merged_window(r1).arm("candidate").errors == 50
     assert sup.store.merged_window(r2).arm("candidate").requests == 3
     assert sup.store.find_request("req-late").key == r1
+
+
+def test_a_store_that_hangs_holds_up_neither_the_judgement_nor_the_rollback(
+    store_path: Path, clock: Clock
+) -> None:
+    """The controller's arrangement: the store's jobs on a thread of their own. Another process holds the
+    SQLite file's write lock (a backup, a stuck tool): every write waits out the busy timeout and fails,
+    again and again. The rollout must still be judged and rolled back at once, promotion frozen meanwhile,
+    and everything written, in order, once the lock is let go."""
+    worker = StoreWorker(clock, background=True)
+    sup = RolloutSupervisor("canary", RolloutStore(store_path, clock=clock), clock, worker=worker)
+    try:
+        sup.configure(section(), VERSIONS)
+        run(sup, clock, 3)
+        lock = sqlite3.connect(store_path, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            run(sup, clock, 60, bad_tier="gold")  # returns: nothing here waited for the store
+            view = sup.view()
+            assert view["stage"] == "rolled_back" and sup.table()["candidate_weight"] == 0
+            assert view["store"]["ok"] is False and view["store"]["unstored"] > 0
+            assert any(g["gate"] == "store" and g["verdict"] == "ERROR" for g in view["gates"])
+            assert "seq" not in view["events"][-1]  # shown at once, not yet stored
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        clock.now += 60  # past any back-off
+        deadline = time.monotonic() + 60
+        while sup.view()["store"] != {"ok": True, "error": None, "since": None, "unstored": 0}:
+            assert time.monotonic() < deadline, sup.view()["store"]
+            time.sleep(0.05)
+        assert sup.view()["events"][-1]["seq"] > 0
+    finally:
+        worker.close()
+    again = supervisor(store_path, clock)  # what a restarted controller reads: nothing was lost
+    assert again.view()["stage"] == "rolled_back"
+    assert [e["kind"] for e in again.view()["events"]] == [e["kind"] for e in sup.view()["events"]]
+    assert again.window.arm("shadow").errors == sup.window.arm("shadow").errors > 0
