@@ -59,6 +59,10 @@ def _forced_arm(value: str) -> Arm:
         ) from None
 
 
+class ConfigNotTakenError(RuntimeError):
+    """The rollout controller has not taken this replica's config yet."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one model call gave: an answer that keeps the contract, or why it did not."""
@@ -124,7 +128,11 @@ class Ingress(OperatorRoutes):
         self._watcher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._flush_failures = 0
-        self._controller_table: dict[str, Any] = {}
+        self._controller_table: dict[str, Any] = {}  # the last table followed: this replica's rollout
+        self._seen_version = -1  # the controller's last table version, followed or not
+        self._user_config: dict[str, Any] = {}  # the config this replica runs, as deployed
+        self._config_taken = True  # False while the controller has not taken it: the watcher offers it again
+        self._offering = asyncio.Lock()  # offers in order, each of the latest config
         self._requests = RequestLog()
         self._pending_requests: list[tuple[str, float, str, list[Segment]]] = []
         self._pending_feedback: list[tuple[str, str, float, float]] = []
@@ -162,7 +170,7 @@ class Ingress(OperatorRoutes):
         )
         if self._controller is not None and key != self._rollout_key:
             await self._flush()  # what was served under the previous rollout is counted for it
-        self._rollout_key = key
+        previous_key, self._rollout_key = self._rollout_key, key
         previous = self._config
         self._config = config
         self._config_error = None
@@ -176,6 +184,8 @@ class Ingress(OperatorRoutes):
         self._shadow.batch_wait_s = config.rollout.shadow_batch_wait_s
         if config.rollout.mode == "manual":
             self._route(config.rollout.weight, config.rollout.shadow)
+        elif key != previous_key:  # a new automatic rollout: stable only until its controller says more
+            self._route(0.0, 0.0)
         if self._controller is None:
             store = config.rollout.store
             self._controller = get_or_create_controller(
@@ -187,17 +197,35 @@ class Ingress(OperatorRoutes):
                     "max_requests": store.max_logged_requests,
                 },
             )
+        self._user_config = user_config
         self._ensure_tasks()
-        try:
-            table = await asyncio.wait_for(
-                self._controller.configure.remote(
-                    user_config, {a.value: v for a, v in self._versions.items()}
-                ),
-                10,
-            )
+        await self._offer()
+
+    async def _offer(self) -> bool:
+        """Gives the config to the controller and follows its table; one not taken (the controller is
+        restarting, its store does not answer) is offered again by the watcher until it is. Meanwhile a
+        manual config's weights apply, an automatic rollout new to this replica sends everything to stable,
+        and tables of another rollout are not followed."""
+        async with self._offering:
+            try:
+                table = await asyncio.wait_for(
+                    self._controller.configure.remote(
+                        self._user_config, {a.value: v for a, v in self._versions.items()}
+                    ),
+                    10,
+                )
+            except Exception as exc:
+                if self._config_taken:
+                    logger.warning(
+                        "the rollout controller did not take the config yet, offering it again: %r", exc
+                    )
+                self._config_taken = False
+                return False
+            if not self._config_taken:
+                logger.info("the rollout controller took the config")
+            self._config_taken = True
             self._follow(table)
-        except Exception as exc:  # the watcher gets the table later; manual routing already applies
-            logger.warning("the rollout controller did not take the config yet: %r", exc)
+            return True
 
     def _route(self, weight: float, shadow_percent: float) -> None:
         self._shadow.percent = shadow_percent
@@ -206,7 +234,11 @@ class Ingress(OperatorRoutes):
             logger.info("routing: candidate_weight=%s%% shadow_percent=%s%%", weight, shadow_percent)
 
     def _follow(self, table: dict[str, Any]) -> None:
-        """Applies the controller's routing table when it is new to this replica."""
+        """Applies the controller's routing table when it is new to this replica and for its rollout (while
+        a redeploy rolls out, or before the controller took this replica's config, it may be another's)."""
+        self._seen_version = int(table.get("version", -1))
+        if table.get("key") != self._rollout_key:
+            return
         if table.get("version") == self._controller_table.get("version") and table.get(
             "key"
         ) == self._controller_table.get("key"):
@@ -226,15 +258,17 @@ class Ingress(OperatorRoutes):
         failures = 0
         while True:
             try:
+                if not self._config_taken and not await self._offer():
+                    raise ConfigNotTakenError("the rollout controller has not taken this replica's config")
                 asked = time.time()
                 table = await asyncio.wait_for(
-                    self._controller.watch.remote(self._controller_table.get("version", -1), WATCH_TIMEOUT_S),
+                    self._controller.watch.remote(self._seen_version, WATCH_TIMEOUT_S),
                     WATCH_TIMEOUT_S + 10,
                 )
                 published = float(table.get("published_at", 0.0))
-                is_new = table.get("version") != self._controller_table.get("version")
+                before = self._controller_table
                 self._follow(table)
-                if is_new and published >= asked:  # it changed while this replica was waiting: a true push
+                if self._controller_table is not before and published >= asked:  # a true push
                     self._pending_lags.append(time.time() - published)
                 failures = 0
             except Exception as exc:

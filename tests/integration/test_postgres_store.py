@@ -143,3 +143,80 @@ def test_postgres_store_controller_killed_with_sigkill_resumes_from_it(
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     leaked = [p.name for p in logs.rglob("*") if p.is_file() and postgres.password.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_a_postgres_store_that_hangs_holds_up_neither_the_answers_nor_a_rollback(
+    canary_app: Canary, pg_app: tuple[httpx.Client, str]
+) -> None:
+    """Another session holds an ACCESS EXCLUSIVE lock on the rollouts table (a migration, a stuck
+    maintenance job): every statement of the controller waits for it, with no time-out of its own. The
+    controller must go on answering and acting (its store has a thread of its own), show the hang, keep
+    promotion frozen, and write everything, in order, once the lock is let go. A config deployed meanwhile
+    cannot be checked against the store; the Ingress sends the new rollout's traffic to stable and offers
+    the config again until the controller takes it."""
+    http, url = pg_app
+    key = http.get("/rollout").json()["rollout_key"]
+    locker = psycopg.connect(url)
+    try:
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE rollouts IN ACCESS EXCLUSIVE MODE")
+        for i in range(20):  # answers never needed the store
+            assert http.post(
+                "/predict", json={"features": [0.1] * 30}, headers={"X-Routing-Key": f"h{i}"}, timeout=10
+            ).is_success
+        hung = wait_until(
+            lambda: not (s := http.get("/rollout", timeout=10).json())["store"]["ok"] and s,
+            60,
+            what="the hang shown in GET /rollout",
+        )
+        assert "has not answered" in hung["store"]["error"]
+        assert any(g["gate"] == "store" and g["verdict"] == "ERROR" for g in hung["gates"])
+        refused = http.post(
+            "/rollout/promote", json={"reason": "ship", "actor": "bob"}, headers=ADMIN, timeout=10
+        )
+        assert refused.status_code == 409 and "store" in refused.json()["detail"]
+        acted = http.post(
+            "/rollout/rollback",
+            json={"reason": "the store hangs: play safe", "actor": "sre"},
+            headers=ADMIN,
+            timeout=10,
+        )
+        assert acted.status_code == 200, acted.text
+        during = http.get("/rollout", timeout=10).json()
+        assert during["stage"] == "rolled_back" and during["candidate_weight"] == 0
+        assert during["events"][-1]["kind"] == "rolled_back" and "seq" not in during["events"][-1]
+
+        following = with_postgres_app(canary_app.config, url)
+        rollout = next(d for d in following["applications"][1]["deployments"] if d["name"] == "Ingress")
+        rollout["user_config"]["rollout"]["rollout_id"] = "pg-after-the-hang"
+        deploy(following)
+        wait_until(lambda: serve.status().applications[APP].status == "RUNNING", 120, what="redeployed")
+        arms = {
+            http.post(
+                "/predict", json={"features": [0.1] * 30}, headers={"X-Routing-Key": f"n{i}"}, timeout=10
+            ).headers["x-canary-arm"]
+            for i in range(20)
+        }
+        assert arms == {"stable"}
+        assert http.get("/rollout", timeout=10).json()["rollout_key"] == key  # not taken yet
+    finally:
+        locker.rollback()
+        locker.close()
+    after = wait_until(
+        lambda: (
+            (s := http.get("/rollout").json())["store"]["ok"]
+            and s["store"]["unstored"] == 0
+            and s["rollout_key"] != key
+            and s
+        ),
+        60,
+        what="the config offered again taken, and everything written",
+    )
+    assert after["rollout_id"] == "pg-after-the-hang" and after["stage"] in ("pending", "shadow")
+    with psycopg.connect(url) as conn:
+        kinds = [
+            row[0] for row in conn.execute("SELECT kind FROM events WHERE key = %s ORDER BY seq", (key,))
+        ]
+        state = conn.execute("SELECT state FROM rollouts WHERE key = %s", (key,)).fetchone()
+    assert kinds[-2:] == ["rolled_back", "superseded"] and kinds.count("rolled_back") == 1
+    assert json.loads(state[0])["phase"] == "rolled_back"
