@@ -243,17 +243,24 @@ class RolloutController:
         except ActionError as exc:
             return 409, {"error": "action_refused", "detail": str(exc)}
 
-    async def report(self) -> dict[str, Any]:
-        """The post-rollout report: Markdown, HTML and the PNG plots (bytes)."""
+    async def report(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body): 200 with the post-rollout report (Markdown, HTML and the PNG plots as bytes),
+        409 before any rollout, 503 when the store does not answer in time."""
+        self._ensure_loop()
         core = self._core
-        stored = None
-        if core.machine is not None and core.config is not None:
-            core.persist()  # the windows since the last write first, then both read after them
+        if core.machine is None or core.config is None:
+            return 409, {"error": "no_rollout", "detail": "no rollout yet: deploy a config first"}
+        core.persist()  # the windows since the last write first, then both read after them
+        try:
             stored = await self._store_call(
                 functools.partial(core.read_report, core.machine.state.key), REPORT_READ_S
             )
+        except Exception as exc:
+            logger.warning("the report could not read the rollout store: %r", exc)
+            detail = f"the rollout store did not answer ({type(exc).__name__}); retry later"
+            return 503, {"error": "store_unavailable", "detail": detail}
         report = build_report(core.report_input(stored))
-        return {"markdown": report.markdown, "html": report.html, "images": report.images}
+        return 200, {"markdown": report.markdown, "html": report.html, "images": report.images}
 
 
 class StoreUnavailableError(RuntimeError):

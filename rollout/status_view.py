@@ -149,6 +149,8 @@ def _header(state: Mapping[str, Any], now: float) -> Panel:
         grid.add_row("webhooks", Text(", ".join(counts)))
     if (error := _str(state.get("config_error"))) is not None:
         grid.add_row(Text("config error", style="bold red"), Text(error, style="red"))
+    if (pending := _str(state.get("config_pending"))) is not None:
+        grid.add_row(Text("config pending", style="bold yellow"), Text(pending, style="yellow"))
 
     app = _str(state.get("app")) or "?"
     return Panel(grid, title=Text(f"canary-serve · {app}", style="bold"), title_align="left", expand=False)

@@ -50,6 +50,15 @@ MAX_PENDING_ROWS = 100_000  # request-log rows kept for the controller while it 
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
+def _reason(exc: BaseException) -> str:
+    """One line for an operator: the controller's own error when it raised one, not Ray's traceback."""
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, TimeoutError):
+        return "it did not answer in time"
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+
+
 def _forced_arm(value: str) -> Arm:
     try:
         return Arm(value.strip().lower())
@@ -132,6 +141,7 @@ class Ingress(OperatorRoutes):
         self._seen_version = -1  # the controller's last table version, followed or not
         self._user_config: dict[str, Any] = {}  # the config this replica runs, as deployed
         self._config_taken = True  # False while the controller has not taken it: the watcher offers it again
+        self._config_pending: str | None = None  # why it has not, for GET /rollout
         self._offering = asyncio.Lock()  # offers in order, each of the latest config
         self._requests = RequestLog()
         self._pending_requests: list[tuple[str, float, str, list[Segment]]] = []
@@ -220,10 +230,14 @@ class Ingress(OperatorRoutes):
                         "the rollout controller did not take the config yet, offering it again: %r", exc
                     )
                 self._config_taken = False
+                self._config_pending = (
+                    "the rollout controller has not taken this config yet (it is offered again every few "
+                    f"seconds): {_reason(exc)}"
+                )
                 return False
             if not self._config_taken:
                 logger.info("the rollout controller took the config")
-            self._config_taken = True
+            self._config_taken, self._config_pending = True, None
             self._follow(table)
             return True
 
@@ -564,6 +578,7 @@ class Ingress(OperatorRoutes):
             "restarts": merged["restarts"],
             "since": merged["since"],
             "config_error": self._config_error,
+            "config_pending": self._config_pending,
         }
 
     @app.post("/feedback")

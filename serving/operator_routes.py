@@ -100,9 +100,13 @@ class OperatorRoutes:
             self._check_admin(request)
             if self._controller is None:
                 raise HTTPProblem(503, "controller_unavailable", "no rollout controller yet")
-            report = await asyncio.wait_for(self._controller.report.remote(), 60)
+            status, report = await asyncio.wait_for(self._controller.report.remote(), 60)
         except HTTPProblem as problem:
             return problem.response()
+        except TimeoutError:
+            return controller_silent()
+        if status != 200:
+            return JSONResponse(report, status_code=status)
         return JSONResponse(
             {
                 "markdown": report["markdown"],

@@ -243,6 +243,7 @@ function renderStages(state) {
     ["routing push", state.propagation_ms && isNum(state.propagation_ms.p99) ? `p99 ${fmtMs(state.propagation_ms.p99)} (${fmtInt(state.propagation_ms.count)} pushes)` : "–"],
   ];
   if (state.config_error) facts.push(["config refused", state.config_error]);
+  if (state.config_pending) facts.push(["config pending", state.config_pending]);
   replace($("facts"), facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
 

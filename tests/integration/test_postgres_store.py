@@ -198,7 +198,11 @@ def test_a_postgres_store_that_hangs_holds_up_neither_the_answers_nor_a_rollback
             for i in range(20)
         }
         assert arms == {"stable"}
-        assert http.get("/rollout", timeout=10).json()["rollout_key"] == key  # not taken yet
+        pending = http.get("/rollout", timeout=10).json()
+        assert pending["rollout_key"] == key  # the controller's rollout: this config is not taken yet
+        assert "StoreUnavailableError: the rollout store did not answer" in pending["config_pending"]
+        report = http.get("/admin/report", headers=ADMIN, timeout=60)  # waits for the store, then says so
+        assert report.status_code == 503 and report.json()["error"] == "store_unavailable", report.text
     finally:
         locker.rollback()
         locker.close()
@@ -213,6 +217,8 @@ def test_a_postgres_store_that_hangs_holds_up_neither_the_answers_nor_a_rollback
         what="the config offered again taken, and everything written",
     )
     assert after["rollout_id"] == "pg-after-the-hang" and after["stage"] in ("pending", "shadow")
+    assert after["config_pending"] is None
+    assert http.get("/admin/report", headers=ADMIN).status_code == 200
     with psycopg.connect(url) as conn:
         kinds = [
             row[0] for row in conn.execute("SELECT kind FROM events WHERE key = %s ORDER BY seq", (key,))

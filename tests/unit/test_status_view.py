@@ -233,6 +233,13 @@ def test_a_config_error_is_shown():
     assert lines_with(text, "config error", "stages[2].weight must be above")
 
 
+def test_a_config_the_controller_has_not_taken_yet_is_shown():
+    pending = "the rollout controller has not taken this config yet: StoreUnavailableError: no answer"
+    text = status_text({**PROMOTED, "config_pending": pending}, now=NOW)
+    assert lines_with(text, "config pending", "has not taken this config yet")
+    assert "config pending" not in status_text(PROMOTED, now=NOW)
+
+
 @pytest.mark.parametrize(
     "state",
     [
