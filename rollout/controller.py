@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -31,6 +32,19 @@ from rollout.supervisor import MAX_UNSTORED_WRITES, FeedbackError, RolloutSuperv
 NAMESPACE = "canary"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger("canary.controller")
+
+
+def _code_digest() -> str:
+    """Identifies the code a controller runs: the sources of `rollout` and `serving`, which it imports."""
+    digest = hashlib.blake2b(digest_size=8)
+    for package in ("rollout", "serving"):
+        for path in sorted((PROJECT_ROOT / package).glob("*.py")):
+            digest.update(f"{package}/{path.name}".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+CODE_DIGEST = _code_digest()
 
 # How long an answer waits for the store's thread. The judgement loop and the routing push never wait.
 CONFIGURE_READ_S = 8.0  # within the Ingress's 10 s; a config not taken is offered again by the Ingress
@@ -65,6 +79,7 @@ class RolloutController:
 
     def __init__(self, app: str, store_location: str, retention: dict[str, Any] | None = None) -> None:
         self._app = app
+        self._identity = controller_identity(store_location, retention)
         store = RolloutStore(resolve_store_location(store_location), Retention(**(retention or {})))
         logger.info("rollout store: %s (%s)", store.location, store.backend)  # a URL's password masked
         # the store's own thread: a store that hangs holds up writes and reads, never this event loop
@@ -130,6 +145,10 @@ class RolloutController:
             self._core.checked(stage_index, outcome, reason)
         finally:
             self._checking = False
+
+    async def describe(self) -> dict[str, Any]:
+        """What this controller is: its code (`CODE_DIGEST`), its store (resolved) and its retention."""
+        return self._identity
 
     async def ready(self) -> int:
         """The actor's PID once it is up (tests and the acceptance checks find it this way)."""
@@ -259,7 +278,8 @@ class RolloutController:
             logger.warning("the report could not read the rollout store: %r", exc)
             detail = f"the rollout store did not answer ({type(exc).__name__}); retry later"
             return 503, {"error": "store_unavailable", "detail": detail}
-        report = build_report(core.report_input(stored))
+        # the plots take ~0.3 s for ten minutes of rollout, more for a long one: off the event loop
+        report = await asyncio.to_thread(build_report, core.report_input(stored))
         return 200, {"markdown": report.markdown, "html": report.html, "images": report.images}
 
 
@@ -286,12 +306,50 @@ def find_controller(app: str) -> Any | None:
         return None
 
 
+def controller_identity(store_location: str, retention: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "code": CODE_DIGEST,
+        "store": resolve_store_location(store_location),
+        "retention": retention or {},
+    }
+
+
+async def ensure_controller(app: str, store_location: str, retention: dict[str, Any] | None = None) -> Any:
+    """The application's controller, running this code on this store with this retention.
+
+    The controller is detached, so it outlives redeploys: one started by an older canary-serve, or for
+    another store or retention, is replaced (it is killed and a new one resumes from the configured store,
+    as after a crash), so that an upgrade or a move of the store takes effect with the deploy that asks for
+    it. A controller that does not answer in time (still starting) is kept.
+    """
+    wanted = controller_identity(store_location, retention)
+    handle = get_or_create_controller(app, store_location, retention)
+    try:
+        running = await asyncio.wait_for(handle.describe.remote(), 60)
+    except AttributeError:  # a controller from before `describe`
+        running = {}
+    except Exception as exc:
+        logger.warning("the rollout controller did not say what it runs (%r); keeping it", exc)
+        return handle
+    if running == wanted:
+        return handle
+    changed = ", ".join(name for name in ("code", "store", "retention") if running.get(name) != wanted[name])
+    logger.warning("replacing the rollout controller (%s changed); it resumes from the store", changed)
+    ray.kill(handle, no_restart=True)
+    for _ in range(150):  # the name is free once the old actor is dead (or taken by a new one already)
+        found = await asyncio.to_thread(find_controller, app)
+        if found is None or found._actor_id != handle._actor_id:
+            break
+        await asyncio.sleep(0.2)
+    return get_or_create_controller(app, store_location, retention)
+
+
 def get_or_create_controller(
     app: str, store_location: str = ".canary/rollout.db", retention: dict[str, Any] | None = None
 ) -> Any:
     """The application's controller, created on first use (detached: it outlives any one replica). The store
     location (a SQLite path, or a ``sqlite:///`` or ``postgresql://`` URL) and retention are read when it is
-    created; a running controller keeps its own."""
+    created; a running controller keeps its own (`ensure_controller` replaces one that differs)."""
     return RolloutController.options(  # type: ignore[attr-defined]
         name=controller_name(app),
         namespace=NAMESPACE,

@@ -126,12 +126,13 @@ class StoreSection(_Strict):
     path: str = Field(
         ".canary/rollout.db",
         min_length=1,
-        description="SQLite file; a relative path is under the project root. Read when the controller starts",
+        description="SQLite file; a relative path is under the project root. A change replaces the "
+        "controller, which resumes from the new store",
     )
     url: str | None = Field(
         None,
-        description=f"the store as a URL, superseding `path`: {STORE_URL_EXPECTED}. Read when the controller "
-        "starts",
+        description=f"the store as a URL, superseding `path`: {STORE_URL_EXPECTED}. A change replaces the "
+        "controller, which resumes from the new store",
     )
     windows_retention_s: float = Field(7 * 86400, gt=0, description="seconds per-window aggregates are kept")
     request_log_retention_s: float = Field(

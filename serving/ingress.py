@@ -14,14 +14,14 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from models.artifact import InputSchema
 from models.errors import InvalidInputError
 from models.inputs import parse_request
 from models.server import ModelOverloadedError
-from rollout.controller import get_or_create_controller
+from rollout.controller import ensure_controller, find_controller
 from rollout.policy import rollout_key
 from serving.config import IngressConfig, validate_section
 from serving.errors import InvalidConfigError
@@ -196,9 +196,10 @@ class Ingress(OperatorRoutes):
             self._route(config.rollout.weight, config.rollout.shadow)
         elif key != previous_key:  # a new automatic rollout: stable only until its controller says more
             self._route(0.0, 0.0)
-        if self._controller is None:
-            store = config.rollout.store
-            self._controller = get_or_create_controller(
+        store = config.rollout.store
+        if self._controller is None or store != previous.rollout.store:
+            # one running other code (an upgrade) or keeping another store is replaced: see ensure_controller
+            self._controller = await ensure_controller(
                 self._app,
                 store.location,
                 {
@@ -225,6 +226,7 @@ class Ingress(OperatorRoutes):
                     10,
                 )
             except Exception as exc:
+                await self._follow_controller(exc)
                 if self._config_taken:
                     logger.warning(
                         "the rollout controller did not take the config yet, offering it again: %r", exc
@@ -286,6 +288,7 @@ class Ingress(OperatorRoutes):
                     self._pending_lags.append(time.time() - published)
                 failures = 0
             except Exception as exc:
+                await self._follow_controller(exc)
                 failures += 1
                 if failures in (1, 10, 100):
                     logger.warning(
@@ -519,6 +522,7 @@ class Ingress(OperatorRoutes):
                 )
                 self._flush_failures = 0
             except Exception as exc:  # the controller restarts or is busy: keep the counts, retry next time
+                await self._follow_controller(exc)
                 delta.merge(self._window)
                 self._window = delta
                 self._shadow.window = delta
@@ -529,6 +533,14 @@ class Ingress(OperatorRoutes):
                     logger.warning(
                         "telemetry flush to the controller failed %d time(s): %r", self._flush_failures, exc
                     )
+
+    async def _follow_controller(self, exc: Exception) -> None:
+        """A controller that another replica replaced (an upgrade, a new store) is a new actor under the same
+        name: a call to the old one fails for good, so the name is looked up again."""
+        if isinstance(exc, ActorDiedError):
+            found = await asyncio.to_thread(find_controller, self._app)
+            if found is not None:
+                self._controller = found
 
     def _rollout_state(self) -> dict[str, Any]:
         """What this replica routes by now (the controller's table, or the manual config's weights)."""

@@ -7,6 +7,7 @@ keeps the store it was created with, so the PostgreSQL store needs an applicatio
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -25,7 +26,7 @@ from postgres_server import PostgresServer, postgres_server
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
-from rollout.controller import NAMESPACE, controller_name
+from rollout.controller import NAMESPACE, controller_name, find_controller
 from serving.config import IngressConfig, validate_section
 
 APP = "canary-pg"
@@ -226,3 +227,99 @@ def test_a_postgres_store_that_hangs_holds_up_neither_the_answers_nor_a_rollback
         state = conn.execute("SELECT state FROM rollouts WHERE key = %s", (key,)).fetchone()
     assert kinds[-2:] == ["rolled_back", "superseded"] and kinds.count("rolled_back") == 1
     assert json.loads(state[0])["phase"] == "rolled_back"
+
+
+def controller_identity_now() -> dict[str, Any]:
+    """What the application's controller says it runs; raises while it is a stand-in without `describe`."""
+    actor = ray.get_actor(controller_name(APP), namespace=NAMESPACE)
+    return ray.get(actor.describe.remote(), timeout=30)
+
+
+def test_moving_the_store_replaces_the_controller_which_resumes_from_the_new_one(
+    canary_app: Canary, pg_app: tuple[httpx.Client, str], postgres: PostgresServer
+) -> None:
+    """The controller is detached and used to keep the store it was created with, whatever a later deploy
+    said; a deploy that moves the store now replaces it, and the rollout goes on from the new store."""
+    http, url = pg_app
+    key = http.get("/rollout").json()["rollout_key"]
+    assert controller_identity_now()["store"] == url
+    moved = postgres.create_database()
+    deploy(with_postgres_app(canary_app.config, moved))
+    wait_until(lambda: controller_identity_now()["store"] == moved, 120, what="a controller on the new store")
+    state = wait_until(
+        lambda: (s := http.get("/rollout").json())["stage"] == "shadow" and s["store"]["ok"] and s,
+        60,
+        what="the rollout running on the new store",
+    )
+    assert state["rollout_key"] == key and state["config_pending"] is None
+    for i in range(10):
+        assert http.post(
+            "/predict", json={"features": [0.1] * 30}, headers={"X-Routing-Key": f"m{i}"}
+        ).is_success
+    wait_until(lambda: len(http.get("/rollout").json()["replicas"]) == 2, 60, what="both arms reporting")
+    with psycopg.connect(moved) as conn:
+        wait_until(
+            lambda: conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] >= 10, 30, what="request log"
+        )
+        assert conn.execute("SELECT COUNT(*) FROM rollouts WHERE key = %s", (key,)).fetchone()[0] == 1
+    with psycopg.connect(url) as conn:  # the old store keeps what it had, and gets nothing new
+        assert conn.execute("SELECT COUNT(*) FROM rollouts WHERE key = %s", (key,)).fetchone()[0] == 1
+
+
+@ray.remote(num_cpus=0)
+class OlderController:
+    """What an older canary-serve left running: the controller's name, its calls, no `describe`."""
+
+    async def ready(self) -> int:
+        return os.getpid()
+
+    async def configure(self, section: dict[str, Any], versions: dict[str, str]) -> dict[str, Any]:
+        return {"version": 0, "key": None, "candidate_weight": 0.0, "shadow_percent": 0.0}
+
+    async def watch(self, known_version: int, timeout_s: float = 30.0) -> dict[str, Any]:
+        await asyncio.sleep(timeout_s)
+        return {"version": 0, "key": None, "candidate_weight": 0.0, "shadow_percent": 0.0}
+
+    async def ingest(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def report_replica(self, *args: Any) -> None:
+        return None
+
+
+def test_a_controller_left_by_an_older_canary_serve_is_replaced_and_every_replica_follows(
+    canary_app: Canary, pg_app: tuple[httpx.Client, str]
+) -> None:
+    """An upgrade redeploys the replicas, but the detached controller would have kept running the old code.
+    The first Ingress replica of the new deploy replaces it; the replicas that knew the old one follow the
+    name to the new one."""
+    http, url = pg_app
+    key = http.get("/rollout").json()["rollout_key"]
+    ray.kill(ray.get_actor(controller_name(APP), namespace=NAMESPACE), no_restart=True)
+    wait_until(lambda: find_controller(APP) is None, 30, what="the controller gone")
+    older = OlderController.options(
+        name=controller_name(APP), namespace=NAMESPACE, lifetime="detached"
+    ).remote()
+    ray.get(older.ready.remote(), timeout=30)
+    config = with_postgres_app(canary_app.config, url)
+    next(d for d in config["applications"][1]["deployments"] if d["name"] == "Ingress")["num_replicas"] = 2
+    deploy(config)  # a second Ingress replica starts: its first config checks what the controller runs
+    running = wait_until(controller_identity_now, 120, what="the controller replaced")
+    assert running["store"] == url
+    state = wait_until(
+        lambda: (s := http.get("/rollout").json())["stage"] == "shadow" and s, 60, what="the rollout resumed"
+    )
+    assert state["rollout_key"] == key
+    for i in range(40):
+        assert http.post(
+            "/predict", json={"features": [0.1] * 30}, headers={"X-Routing-Key": f"u{i}"}
+        ).is_success
+    actor = ray.get_actor(controller_name(APP), namespace=NAMESPACE)
+    wait_until(
+        lambda: (
+            ray.get(actor.__ray_call__.remote(lambda self: len(self._core.telemetry.ingress)), timeout=30)
+            == 2
+        ),
+        60,
+        what="both Ingress replicas flushing to the new controller",
+    )
