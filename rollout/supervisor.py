@@ -35,6 +35,7 @@ PERSIST_EVERY_S = 5.0  # per-window aggregates go to the store this often
 MAX_LEFT_ROLLOUTS = 16  # rollouts this controller switched away from, whose late windows it still files
 MAX_UNSTORED_WRITES = 100_000  # request-log and feedback batches kept while the store cannot be written
 EVENTS_SHOWN = 200
+EVENTS_KEPT = 1000  # the current rollout's latest events held in memory for GET /rollout (all are stored)
 FEEDBACK_RANGE = (0.0, 1.0)
 
 
@@ -127,7 +128,8 @@ class RolloutSupervisor:
         # is frozen (nothing advances on evidence that cannot be kept), rollback still acts, and what could
         # not be written waits there, in order, bounded.
         self.worker = worker or StoreWorker(clock, max_rows=MAX_UNSTORED_WRITES)
-        self._events: list[dict[str, Any]] = []  # the current rollout's events, stored or on their way
+        self._events: list[dict[str, Any]] = []  # the current rollout's latest events, stored or on their way
+        self._events_total = 0
         self._resume()
 
     # --- start-up ------------------------------------------------------------------------------------------
@@ -149,13 +151,16 @@ class RolloutSupervisor:
         for _, window in self.store.windows(record.key):
             self.window.merge(window)
             self.telemetry.series.add(window, window.end or window.start)  # the charts keep its history
-        self._events = self.store.events(record.key)
+        self._keep_events(self.store.events(record.key))
         self._load_final_evidence()
         self._set_webhooks(config.rollout.webhooks)
         state.table_version += 1  # every Ingress re-reads the table after a restart
         logger.info(
             "resumed rollout %s at %s (weight %s)", state.key, state.phase.value, state.candidate_weight
         )
+
+    def _keep_events(self, events: list[dict[str, Any]]) -> None:
+        self._events, self._events_total = events[-EVENTS_KEPT:], len(events)
 
     def _load_final_evidence(self) -> None:
         for event in reversed(self._events):
@@ -214,7 +219,7 @@ class RolloutSupervisor:
             machine = self.machine = known
             self.window, self._unsaved = stored.window, Window(start=now)
             self.judgement, self.check = None, None
-            self._events = list(stored.events)
+            self._keep_events(stored.events)
             self._load_final_evidence()
             reason = f"the same rollout deployed again; it resumes {known.state.phase.value}"
             events.append(self._note(known, "redeployed", now, reason))
@@ -237,7 +242,8 @@ class RolloutSupervisor:
             # continues: what a restarted controller would read from the store (the same identity in
             # another mode has all of it in memory already, some of it perhaps not yet written)
             if stored is not None:
-                self.window, self._events = stored.window, list(stored.events)
+                self.window = stored.window
+                self._keep_events(stored.events)
             self.machine, self._unsaved = machine, Window(start=now)
             self.judgement, self._final_gates, self._final_worse, self.check = None, [], [], None
             events.append(started)
@@ -528,6 +534,9 @@ class RolloutSupervisor:
             logger.info("rollout %s: %s → %s (%s)", key, event["from"], event["to"], event["reason"])
             if machine is self.machine:
                 self._events.append(event)
+                self._events_total += 1
+                if len(self._events) >= 2 * EVENTS_KEPT:
+                    del self._events[:-EVENTS_KEPT]
             self.worker.write(
                 functools.partial(self.store.save_state_and_event, key, state, event),
                 then=functools.partial(self._stored, key, event),
@@ -672,7 +681,7 @@ class RolloutSupervisor:
                 "at": self.check.at,
             },
             "events": events[-EVENTS_SHOWN:],
-            "events_total": len(events),
+            "events_total": self._events_total,
             "routing_table_version": state.table_version,
             "propagation_ms": {
                 "count": self.propagation.count,

@@ -440,3 +440,23 @@ def test_a_store_that_hangs_holds_up_neither_the_judgement_nor_the_rollback(
     assert again.view()["stage"] == "rolled_back"
     assert [e["kind"] for e in again.view()["events"]] == [e["kind"] for e in sup.view()["events"]]
     assert again.window.arm("shadow").errors == sup.window.arm("shadow").errors > 0
+
+
+def test_a_long_rollout_keeps_its_latest_events_in_memory_and_counts_all(
+    store_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rollout.supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "EVENTS_KEPT", 5)
+    monkeypatch.setattr(supervisor_module, "EVENTS_SHOWN", 3)
+    sup = supervisor(store_path, clock)
+    for weight in range(1, 31):  # an operator editing a manual rollout's weight again and again
+        clock.now += 1
+        sup.configure(section(mode="manual", candidate_weight=weight), VERSIONS)
+    view = sup.view()
+    assert view["events_total"] == len(sup.store.events(view["rollout_key"])) == 30  # started + 29 edits
+    assert [e["weight"] for e in view["events"]] == [28, 29, 30]
+    assert len(sup._events) < 2 * 5
+    again = supervisor(store_path, clock)
+    assert again.view()["events_total"] == view["events_total"]
+    assert [e["seq"] for e in again.view()["events"]] == [e["seq"] for e in view["events"]]
