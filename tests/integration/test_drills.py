@@ -235,6 +235,50 @@ def test_drill_candidate_ooms_are_answered_by_stable_and_rolled_back(canary: Can
     assert any(g["gate"] == "gpu_oom_events" and g["verdict"] == "FAIL" for g in state["gates"])
 
 
+def test_drill_store_write_lock_held_elsewhere_answers_and_rollback_go_on(canary: Canary) -> None:
+    """Another process holds the SQLite store's write lock (a backup, a stuck tool) mid-canary: every write
+    of the controller waits out the busy timeout and fails, again and again. Answers, GET /rollout and an
+    operator's rollback must not wait for it, and everything is written once the lock is let go."""
+    canary.deploy(auto(canary, "store-lock", {"error_rate": {"maximum": 0.01}}))
+    key = at_canary(canary)["rollout_key"]
+    load = Load(canary)
+    time.sleep(3)
+    lock = sqlite3.connect(STORE["path"], isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # the write lock; readers go on (WAL)
+        held = time.monotonic()
+        stuck = wait_until(
+            lambda: not (s := canary.rollout())["store"]["ok"] and s, 60, what="the store failing"
+        )
+        r = canary.http.post("/rollout/rollback", json={"reason": "drill", "actor": "sre"}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        decided = time.time()
+        time.sleep(4)
+        state = canary.rollout()
+        assert state["stage"] == "rolled_back" and not state["store"]["ok"]
+        held_s = time.monotonic() - held
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    bound_s = max(0.5, 3 * (state["propagation_ms"]["p99"] or 0) / 1000)
+    late = [start for start, _, arm in list(load.answers) if arm == "candidate" and start > decided + bound_s]
+    written = wait_until(
+        lambda: (s := canary.rollout())["store"]["ok"] and s["store"]["unstored"] == 0 and s,
+        60,
+        what="everything written",
+    )
+    row = load.end(
+        "the store's write lock held by another process mid-canary",
+        held_s=round(held_s, 1),
+        late_candidate_answers=len(late),
+        store_error=stuck["store"]["error"],
+    )
+    assert row["failed"] == 0 and row["lost"] == 0 and not late, row
+    with sqlite3.connect(f"file:{STORE['path']}?mode=ro", uri=True) as db:
+        kinds = [k for (k,) in db.execute("SELECT kind FROM events WHERE key = ? ORDER BY seq", (key,))]
+    assert kinds == [e["kind"] for e in written["events"]] and kinds[-1] == "rolled_back"
+
+
 def fill(path: Path) -> None:
     """Writes zeros until the filesystem is full."""
     with path.open("wb") as f, contextlib.suppress(OSError):
