@@ -239,17 +239,17 @@ class RolloutController:
             try:
                 core.check_feedback(metric, value)
                 try:
-                    found = await self._store_call(
+                    stored = await self._store_call(
                         functools.partial(core.store_feedback, request_id, metric, value), FEEDBACK_STORE_S
                     )
                 except Exception:  # the client retries: a score is refused, never silently dropped
                     raise FeedbackError(
                         503, "request_id", "the rollout store is unavailable; retry later"
                     ) from None
-                return 200, core.feedback_stored(found, request_id, metric, value)
+                return 200, core.feedback_stored(stored, request_id, metric, value)
             except FeedbackError as exc:
                 if exc.status != 404 or attempt == 8:
-                    return exc.status, {"error": "invalid_feedback", "field": exc.field, "detail": str(exc)}
+                    return exc.status, exc.body()
                 await asyncio.sleep(0.25)
         raise AssertionError("unreachable")
 

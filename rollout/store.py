@@ -7,7 +7,7 @@ It keeps what a restarted controller needs to resume and what the post-rollout r
 - ``events``: every transition and decision with its evidence, append-only, numbered by ``seq``;
 - ``windows``: per-window telemetry aggregates (a `Window`, per arm × segment) tagged with the stage;
 - ``requests``: request id → rollout, arm and segments, so POST /feedback joins to the arm that served it;
-- ``feedback``: the values POST /feedback brought.
+- ``feedback``: the values POST /feedback brought, one per request and metric.
 
 Backends: one schema and one migration path for both (`_MIGRATIONS`); what differs between SQLite and
 PostgreSQL (connection, type words, where the schema version lives, how a write transaction starts) is
@@ -114,7 +114,13 @@ _V2 = """
 ALTER TABLE rollouts ADD COLUMN ord BIGINT NOT NULL DEFAULT 0;
 UPDATE rollouts SET ord = {insertion_order};
 """
-_MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# v3: one feedback value per request and metric. A client that retried a POST /feedback whose answer it
+# never got could store a score twice; the first of each pair is kept.
+_V3 = """
+DELETE FROM feedback WHERE id NOT IN (SELECT MIN(id) FROM feedback GROUP BY request_id, metric);
+CREATE UNIQUE INDEX feedback_request_metric ON feedback (request_id, metric);
+"""
+_MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(_MIGRATIONS)
 _TABLES = ("rollouts", "events", "windows", "requests", "feedback")
 
@@ -469,14 +475,27 @@ class RolloutStore:
         segments = [(str(label), str(value)) for label, value in json.loads(row[4])]
         return LoggedRequest(row[0], row[1], row[2], row[3], segments)
 
-    def add_feedback(self, key: str, request_id: str, arm: str, metric: str, value: float, ts: float) -> None:
-        """Stores one feedback value (a review score, a KPI) joined to the arm that served the request."""
+    def add_feedback(
+        self, key: str, request_id: str, arm: str, metric: str, value: float, ts: float
+    ) -> float | None:
+        """Stores one feedback value (a review score, a KPI) joined to the arm that served the request.
+
+        A request has one value per metric: the first stored. Returns None when this one was stored, else
+        the value stored before (a client's retry brings the same one; a different one is not stored).
+        """
         with self._write() as conn:
             self._require(conn, key)
+            row = conn.execute(
+                "SELECT value FROM feedback WHERE request_id = ? AND metric = ?", (request_id, metric)
+            ).fetchone()
+            if row is not None:
+                return float(row[0])
             conn.execute(
-                "INSERT INTO feedback (key, request_id, arm, metric, value, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO feedback (key, request_id, arm, metric, value, ts) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (request_id, metric) DO NOTHING",
                 (key, request_id, arm, metric, float(value), ts),
             )
+        return None
 
     def feedback(self, key: str) -> list[dict[str, Any]]:
         """The rollout's feedback in time order: dicts with request_id, arm, metric, value, ts."""

@@ -25,6 +25,7 @@ from rollout.store import LoggedRequest, RolloutRecord, RolloutStore
 from rollout.store_url import redact
 from rollout.store_worker import StoreWorker
 from serving.config import IngressConfig
+from serving.operators import feedback_conflict
 from serving.segments import ALL
 from serving.sketch import LatencySketch
 from serving.telemetry import Window
@@ -42,9 +43,33 @@ FEEDBACK_RANGE = (0.0, 1.0)
 class FeedbackError(Exception):
     """POST /feedback refused; ``status`` is the HTTP status to answer with and ``field`` the bad field."""
 
+    ERRORS = {
+        404: "unknown_request_id",
+        409: "feedback_exists",
+        422: "invalid_input",
+        503: "store_unavailable",
+    }
+
     def __init__(self, status: int, field: str, message: str) -> None:
         self.status, self.field = status, field
         super().__init__(message)
+
+    def body(self) -> dict[str, Any]:
+        """The answer's body, shaped as the Ingress's own (`serving.http.HTTPProblem`): a field's problem
+        as ``[{field, message}]``, the others as text."""
+        if self.status in (409, 422):
+            problem = [{"field": self.field, "message": str(self)}]
+            return {"error": self.ERRORS[self.status], "detail": problem}
+        return {"error": self.ERRORS.get(self.status, "feedback_refused"), "detail": str(self)}
+
+
+@dataclass(frozen=True)
+class StoredFeedback:
+    """What storing one feedback value found: the logged request (None: never logged), and the value
+    stored before for that request and metric (None: this one was stored)."""
+
+    request: LoggedRequest | None
+    earlier: float | None
 
 
 def without_secrets(section: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +155,7 @@ class RolloutSupervisor:
         self.worker = worker or StoreWorker(clock, max_rows=MAX_UNSTORED_WRITES)
         self._events: list[dict[str, Any]] = []  # the current rollout's latest events, stored or on their way
         self._events_total = 0
+        self.feedback_conflicts = 0  # values an Ingress accepted that differed from one stored first
         self._resume()
 
     # --- start-up ------------------------------------------------------------------------------------------
@@ -320,12 +346,14 @@ class RolloutSupervisor:
         window: dict[str, Any],
         in_flight: int,
         requests: Sequence[tuple[str, float, str, list[tuple[str, str]]]] = (),
-        feedback: Sequence[tuple[str, str, float, float]] = (),
+        feedback: Sequence[Sequence[Any]] = (),
         propagation_s: Sequence[float] = (),
         rollout: str | None = None,
     ) -> None:
         """One Ingress replica's counts since its last flush, the request ids it served, feedback it joined
-        itself (request id, metric, value, ts) and how long its routing-table updates took to arrive.
+        itself (request id, metric, value, ts, arm, segments) and how long its routing-table updates took
+        to arrive. Feedback counts in the evidence once it is stored (`_count_feedback`), so a value sent
+        twice counts once.
 
         ``rollout`` is the key of the rollout the replica served them under. While a redeploy rolls out, a
         replica still on the previous config serves the previous models, so when that key is a rollout this
@@ -351,11 +379,46 @@ class RolloutSupervisor:
         for row in feedback:
             self.worker.write(functools.partial(self._add_feedback, key, *row), row=True)
 
-    def _add_feedback(self, key: str, rid: str, metric: str, value: float, ts: float) -> None:
+    def _add_feedback(
+        self,
+        key: str,
+        rid: str,
+        metric: str,
+        value: float,
+        ts: float,
+        arm: str | None = None,
+        segments: Sequence[Sequence[str]] | None = None,
+    ) -> None:
+        """Store work: one value an Ingress joined itself (an Ingress older than arm and segments in the
+        row sends four fields; the request log has them)."""
         found = self.store.find_request(rid)
-        self.store.add_feedback(
-            found.key if found else key, rid, found.arm if found else "?", metric, value, ts
-        )
+        key = found.key if found else key
+        if arm is None or segments is None:
+            arm = found.arm if found else "?"
+            segments = found.segments if found else []
+        earlier = self.store.add_feedback(key, rid, arm, metric, value, ts)
+        if earlier is None:
+            self.worker.deliver(functools.partial(self._count_feedback, key, arm, segments, metric, value))
+        elif earlier != value:
+            self.feedback_conflicts += 1
+            if self.feedback_conflicts in (1, 10, 100) or self.feedback_conflicts % 1000 == 0:
+                logger.warning(
+                    "feedback %s for request %r not stored: %s was stored first (%d such so far)",
+                    metric,
+                    rid,
+                    earlier,
+                    self.feedback_conflicts,
+                )
+
+    def _count_feedback(
+        self, key: str, arm: str, segments: Sequence[Sequence[str]], metric: str, value: float
+    ) -> None:
+        """Counts a value just stored in the current rollout's evidence (on the event loop)."""
+        if self.machine is None or key != self.machine.state.key or arm == "?":
+            return
+        for segment in [ALL, *(tuple(s) for s in segments)]:
+            self.window.arm(arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
+            self._unsaved.arm(arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
 
     def _close_window(self, machine: RolloutMachine, now: float) -> None:
         """Writes the outgoing rollout's telemetry since the last write under its own key (kept in order
@@ -393,32 +456,41 @@ class RolloutSupervisor:
         locally instead). Raises `FeedbackError` for an unknown id, metric or an out-of-range value."""
         self.check_feedback(metric, value)
         try:
-            found = self.store_feedback(request_id, metric, value)
+            stored = self.store_feedback(request_id, metric, value)
         except Exception:  # the client retries: a score is refused, never silently dropped
             raise FeedbackError(503, "request_id", "the rollout store is unavailable; retry later") from None
-        return self.feedback_stored(found, request_id, metric, value)
+        return self.feedback_stored(stored, request_id, metric, value)
 
-    def store_feedback(self, request_id: str, metric: str, value: float) -> LoggedRequest | None:
+    def store_feedback(self, request_id: str, metric: str, value: float) -> StoredFeedback:
         """Store work only (the controller runs it on the store's thread): the logged request, and the value
-        stored against the arm that served it."""
+        stored against the arm that served it, counted in the evidence once stored (even when the client
+        that sent it stopped waiting)."""
         found = self.store.find_request(request_id)
-        if found is not None:
-            self.store.add_feedback(found.key, request_id, found.arm, metric, value, self.clock())
-        return found
+        if found is None:
+            return StoredFeedback(None, None)
+        earlier = self.store.add_feedback(found.key, request_id, found.arm, metric, value, self.clock())
+        if earlier is None:
+            self.worker.deliver(
+                functools.partial(self._count_feedback, found.key, found.arm, found.segments, metric, value)
+            )
+        return StoredFeedback(found, earlier)
 
     def feedback_stored(
-        self, found: LoggedRequest | None, request_id: str, metric: str, value: float
+        self, stored: StoredFeedback, request_id: str, metric: str, value: float
     ) -> dict[str, Any]:
-        """Counts a stored feedback value in the rollout's evidence; 404 for an id never logged."""
+        """The answer to POST /feedback once the store has it: 404 for an id never logged, 409 for a
+        different value than the one stored first, 200 (``duplicate``: true) for the same one again."""
+        found = stored.request
         if found is None:
             raise FeedbackError(
                 404, "request_id", f"unknown request_id {request_id!r} (or older than retention)"
             )
-        if self.machine is not None and found.key == self.machine.state.key:
-            for segment in [ALL, *(tuple(s) for s in found.segments)]:
-                self.window.arm(found.arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
-                self._unsaved.arm(found.arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
-        return {"request_id": request_id, "arm": found.arm, "metric": metric, "value": value}
+        answer = {"request_id": request_id, "arm": found.arm, "metric": metric, "value": value}
+        if stored.earlier is None:
+            return answer
+        if stored.earlier != value:
+            raise FeedbackError(409, "value", feedback_conflict(metric, stored.earlier))
+        return {**answer, "duplicate": True}
 
     def check_feedback(self, metric: str, value: float) -> None:
         metrics = self.config.rollout.feedback_metrics if self.config else ("human_review_score",)

@@ -28,7 +28,7 @@ from serving.errors import InvalidConfigError
 from serving.fields import extract
 from serving.http import HotRoute, HTTPProblem, app, controller_silent, parse_json, read_body
 from serving.operator_routes import OperatorRoutes
-from serving.operators import RequestLog, check_request_id, parse_feedback
+from serving.operators import RequestLog, check_request_id, feedback_conflict, parse_feedback
 from serving.routing import Arm, RoutingTable
 from serving.segments import ALL, Segment, SegmentExtractor
 from serving.shadow import ShadowMirror
@@ -145,7 +145,7 @@ class Ingress(OperatorRoutes):
         self._offering = asyncio.Lock()  # offers in order, each of the latest config
         self._requests = RequestLog()
         self._pending_requests: list[tuple[str, float, str, list[Segment]]] = []
-        self._pending_feedback: list[tuple[str, str, float, float]] = []
+        self._pending_feedback: list[tuple[str, str, float, float, str, list[list[str]]]] = []
         self._pending_lags: list[float] = []
         self._admin_token: str | None = None
 
@@ -609,12 +609,27 @@ class Ingress(OperatorRoutes):
             now = time.time()
             served = self._requests.find(request_id, now)
             if served is not None:
-                for segment in [ALL, *served.segments]:
-                    self._window.arm(served.arm, segment).record_feedback(metric, value)
-                self._pending_feedback.append((request_id, metric, value, now))
-                return JSONResponse(
-                    {"request_id": request_id, "arm": served.arm, "metric": metric, "value": value}
+                answer: dict[str, Any] = {
+                    "request_id": request_id,
+                    "arm": served.arm,
+                    "metric": metric,
+                    "value": value,
+                }
+                earlier = self._requests.given(served, metric)
+                if earlier is not None and earlier != value:
+                    raise HTTPProblem(
+                        409,
+                        "feedback_exists",
+                        [{"field": "value", "message": feedback_conflict(metric, earlier)}],
+                    )
+                if earlier is not None:
+                    return JSONResponse({**answer, "duplicate": True})
+                # counted in the evidence by the controller once stored, so a value sent twice counts once
+                self._requests.give(served, metric, value)
+                self._pending_feedback.append(
+                    (request_id, metric, value, now, served.arm, [list(s) for s in served.segments])
                 )
+                return JSONResponse(answer)
             if self._controller is None:
                 raise HTTPProblem(404, "unknown_request_id", f"unknown request_id {request_id!r}")
             status, answer = await asyncio.wait_for(

@@ -117,7 +117,13 @@ def document(feature_count: int | None = None) -> dict[str, Any]:
                     ],
                 )
             },
-            "/feedback": {"post": _op("a score joined to the arm that served a request", body=feedback_body)},
+            "/feedback": {
+                "post": _op(
+                    "a score joined to the arm that served a request; one value per request and metric (the"
+                    " same again: 200 with duplicate true; another: 409 feedback_exists)",
+                    body=feedback_body,
+                )
+            },
             "/healthz": {"get": _op("200 when stable answers")},
             "/rollout": {"get": _op("stage, weights, gates, events, per-arm and per-segment numbers")},
             "/rollout/series": {"get": _op("each arm's numbers over time")},

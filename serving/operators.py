@@ -27,6 +27,7 @@ class Served:
     arm: str
     ts: float
     segments: tuple[Segment, ...]
+    slot: int = -1  # where the log keeps it, for `RequestLog.given` and `RequestLog.give`
 
 
 class RequestLog:
@@ -38,6 +39,10 @@ class RequestLog:
     ``find`` scans the hashes with numpy (~0.1 ms at 200,000): it runs per feedback call, ``add`` per
     request. The hash is Python's keyed SipHash of the id, so a client cannot aim its ids at another's; the
     chance that an unknown id matches a logged one by accident is ~``max_entries`` / 2⁶⁴.
+
+    It also keeps the feedback given to each answer (`give`, `given`): one float array per metric named,
+    allocated at its first value (8 bytes a slot, ~1.6 MB per metric at 200,000), so a client's retry of
+    POST /feedback is recognised at once rather than counted twice.
 
     Example:
         >>> log = RequestLog(max_entries=2, max_age_s=60)
@@ -60,6 +65,7 @@ class RequestLog:
         # Segment values are capped per label, so few distinct segment lists exist: each is kept once and
         # the slots refer to it.
         self._shared: dict[tuple[Segment, ...], tuple[Segment, ...]] = {}
+        self._given: dict[str, np.ndarray] = {}  # metric -> the value given per slot, NaN for none
 
     def __len__(self) -> int:
         return self._size
@@ -76,6 +82,8 @@ class RequestLog:
         self._ts[slot] = ts
         self._arms[slot] = arm
         self._segments[slot] = shared
+        for values in self._given.values():
+            values[slot] = np.nan
         self._next = (slot + 1) % self.max_entries
         self._size = min(self._size + 1, self.max_entries)
 
@@ -89,7 +97,30 @@ class RequestLog:
         arm = self._arms[slot]
         if arm is None or now - self._ts[slot] > self.max_age_s:
             return None
-        return Served(arm, float(self._ts[slot]), self._segments[slot])
+        return Served(arm, float(self._ts[slot]), self._segments[slot], slot)
+
+    def given(self, served: Served, metric: str) -> float | None:
+        """The ``metric`` value given to this answer already, or None."""
+        values = self._given.get(metric)
+        if values is None or math.isnan(values[served.slot]):
+            return None
+        return float(values[served.slot])
+
+    def give(self, served: Served, metric: str, value: float) -> None:
+        """Remembers a ``metric`` value given to this answer (``metric`` is one of the config's, so the
+        arrays stay few)."""
+        values = self._given.get(metric)
+        if values is None:
+            values = self._given[metric] = np.full(self.max_entries, np.nan)
+        values[served.slot] = value
+
+
+def feedback_conflict(metric: str, earlier: float) -> str:
+    """Why a second, different value for a request's metric is refused (409)."""
+    return (
+        f"{metric} for this request_id is already recorded as {earlier:g}; a request has one value per"
+        " metric (the first)"
+    )
 
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")

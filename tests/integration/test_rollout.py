@@ -144,6 +144,16 @@ def test_feedback_is_joined_or_refused_with_the_field_named(canary: Canary) -> N
         "/feedback", json={"request_id": request_id, "metric": "human_review_score", "value": 1}
     )
     assert ok.status_code == 200 and ok.json()["arm"] == response.headers["x-canary-arm"]
+    assert "duplicate" not in ok.json()
+    retry = canary.http.post(  # the client did not get its answer and sends it again: counted once
+        "/feedback", json={"request_id": request_id, "metric": "human_review_score", "value": 1}
+    )
+    assert retry.status_code == 200 and retry.json()["duplicate"] is True
+    changed = canary.http.post(
+        "/feedback", json={"request_id": request_id, "metric": "human_review_score", "value": 0.5}
+    )
+    assert changed.status_code == 409 and changed.json()["error"] == "feedback_exists"
+    assert changed.json()["detail"][0]["field"] == "value"
     unknown = canary.http.post(
         "/feedback", json={"request_id": "nope", "metric": "human_review_score", "value": 1}
     )

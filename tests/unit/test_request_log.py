@@ -100,3 +100,19 @@ def test_memory_is_a_few_dozen_bytes_a_request_and_stops_growing_when_full() -> 
 def test_a_log_needs_at_least_one_slot() -> None:
     with pytest.raises(ValueError, match="max_entries must be at least 1, got 0"):
         RequestLog(max_entries=0)
+
+
+def test_feedback_given_to_an_answer_is_remembered_until_its_slot_is_reused() -> None:
+    log = RequestLog(max_entries=2, max_age_s=60)
+    log.add("req-1", "candidate", 1.0, GOLD)
+    served = log.find("req-1", now=2.0)
+    assert served is not None and log.given(served, "human_review_score") is None
+    log.give(served, "human_review_score", 0.25)
+    again = log.find("req-1", now=3.0)
+    assert again is not None and log.given(again, "human_review_score") == 0.25
+    assert log.given(again, "clicked") is None  # per metric
+    log.add("req-2", "stable", 4.0, [])
+    log.add("req-3", "stable", 5.0, [])  # takes req-1's slot: what was given there goes with it
+    newest = log.find("req-3", now=6.0)
+    assert newest is not None and newest.slot == served.slot
+    assert log.given(newest, "human_review_score") is None

@@ -17,6 +17,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -252,6 +253,58 @@ def test_feedback_is_kept_per_rollout_in_time_order(store: RolloutStore):
     assert store.feedback("other") == []
 
 
+def test_a_request_has_one_feedback_value_per_metric_the_first(store: RolloutStore):
+    assert store.add_feedback(KEY, "a", "stable", "human_review_score", 0.9, 1.0) is None  # stored
+    assert store.add_feedback(KEY, "a", "stable", "human_review_score", 0.9, 2.0) == 0.9  # a retry
+    assert store.add_feedback(KEY, "a", "stable", "human_review_score", 0.2, 3.0) == 0.9  # not stored
+    assert store.add_feedback(KEY, "a", "stable", "clicked", 1.0, 4.0) is None  # another metric
+    assert [(f["metric"], f["value"], f["ts"]) for f in store.feedback(KEY)] == [
+        ("human_review_score", 0.9, 1.0),
+        ("clicked", 1.0, 4.0),
+    ]
+
+
+def test_duplicate_feedback_stored_before_version_3_is_removed_keeping_the_first(
+    new_location: Callable[[], str | Path], clock: FakeClock
+):
+    """A version-2 store (before feedback was unique) with a score a client's retry stored twice."""
+    location = new_location()
+    with RolloutStore(location, clock=clock) as s:
+        s.save_rollout(KEY, app="fraud", policy={}, state={})
+    if isinstance(location, Path):
+        conn: Any = sqlite3.connect(location)
+        version_2 = "PRAGMA user_version = 2"
+    else:
+        import psycopg
+
+        conn = psycopg.connect(location, autocommit=True)
+        version_2 = "UPDATE canary_schema SET version = 2"
+    with conn:
+        conn.execute("DROP INDEX feedback_request_metric")
+        for rid, metric, value, ts in [
+            ("a", "human_review_score", 0.9, 1.0),
+            ("a", "human_review_score", 0.9, 2.0),  # the retry
+            ("a", "human_review_score", 0.3, 3.0),
+            ("a", "clicked", 1.0, 4.0),
+            ("b", "human_review_score", 0.5, 5.0),
+        ]:
+            conn.execute(
+                "INSERT INTO feedback (key, request_id, arm, metric, value, ts) VALUES"
+                + (" (?, ?, ?, ?, ?, ?)" if isinstance(location, Path) else " (%s, %s, %s, %s, %s, %s)"),
+                (KEY, rid, "stable", metric, value, ts),
+            )
+        conn.execute(version_2)
+    conn.close()
+    with RolloutStore(location, clock=clock) as s:
+        assert s.stats()["schema_version"] == SCHEMA_VERSION == 3
+        assert [(f["request_id"], f["metric"], f["value"]) for f in s.feedback(KEY)] == [
+            ("a", "human_review_score", 0.9),
+            ("a", "clicked", 1.0),
+            ("b", "human_review_score", 0.5),
+        ]
+        assert s.add_feedback(KEY, "a", "stable", "human_review_score", 0.3, 6.0) == 0.9
+
+
 def test_retention_by_age(new_location: Callable[[], str | Path], clock: FakeClock):
     retention = Retention(windows_s=100, request_log_s=50, events_s=200, feedback_s=100)
     with RolloutStore(new_location(), retention, clock) as s:
@@ -398,7 +451,7 @@ def test_sigkill_mid_write_loses_no_committed_decision(new_location: Callable[[]
 
 # --- one schema, one migration path ------------------------------------------------------------------------
 
-# The version-1 schema exactly as canary-serve 0.1 wrote it (SQLite only), to check the migration to 2.
+# The version-1 schema exactly as canary-serve 0.1 wrote it (SQLite only), to check the migrations from it.
 _V1_SQLITE = """
 CREATE TABLE rollouts (key TEXT PRIMARY KEY, app TEXT NOT NULL, policy TEXT NOT NULL, state TEXT NOT NULL,
     created REAL NOT NULL, updated REAL NOT NULL);
@@ -431,19 +484,22 @@ def test_a_version_1_file_is_migrated_keeping_its_rollouts_and_their_order(tmp_p
         "INSERT INTO events (key, ts, kind, body) VALUES ('a-second', 1.0, 'start', ?)",
         ('{"ts": 1.0, "kind": "start"}',),
     )
+    for ts in (2.0, 3.0):  # a score stored twice by a client's retry
+        conn.execute("INSERT INTO feedback VALUES (NULL, 'a-second', 'r1', 'stable', 'm', 0.5, ?)", (ts,))
     conn.commit()
     conn.close()
     with RolloutStore(path, clock=clock) as s:
-        assert s.stats()["schema_version"] == SCHEMA_VERSION == 2
+        assert s.stats()["schema_version"] == SCHEMA_VERSION == 3
         assert [r.key for r in s.rollouts()] == ["c-third", "a-second", "b-first"]
         latest = s.latest_rollout("fraud")
         assert latest is not None and latest.key == "c-third"
         s.save_rollout("d-fourth", app="fraud", policy={}, state={})  # created at 1000 by the fake clock
         assert [r.key for r in s.rollouts()][:2] == ["d-fourth", "c-third"]
         assert [e["kind"] for e in s.events("a-second")] == ["start"]
+        assert [f["ts"] for f in s.feedback("a-second")] == [2.0]
         assert s.append_event("a-second", {"ts": 2.0, "kind": "next"}) == 2
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_equal_times_are_ordered_by_insertion_on_both_backends(new_location, clock: FakeClock):

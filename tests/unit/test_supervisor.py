@@ -198,6 +198,82 @@ def test_feedback_joins_the_arm_and_refuses_unknown_ids_and_values(store_path: P
     assert metric.value.field == "metric"
 
 
+def review_scores(sup: RolloutSupervisor, arm: str, segment: Any = ALL) -> tuple[int, float]:
+    stat = sup.window.arm(arm, segment).feedback.get("human_review_score")
+    return (stat.count, stat.mean) if stat else (0, 0.0)
+
+
+def test_a_score_sent_again_counts_once_and_a_different_one_is_refused(
+    store_path: Path, clock: Clock
+) -> None:
+    """A client that retries POST /feedback (its answer lost, or a 503) must not weigh its score twice."""
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    sup.ingest(
+        "ingress-1", Window().to_dict(), 0, requests=[("req-1", clock.now, "candidate", [("tier", "gold")])]
+    )
+    assert "duplicate" not in sup.feedback("req-1", "human_review_score", 0.8)
+    assert sup.feedback("req-1", "human_review_score", 0.8)["duplicate"] is True
+    with pytest.raises(FeedbackError) as conflict:
+        sup.feedback("req-1", "human_review_score", 0.1)
+    assert conflict.value.status == 409 and conflict.value.field == "value" and "0.8" in str(conflict.value)
+    assert review_scores(sup, "candidate") == review_scores(sup, "candidate", ("tier", "gold")) == (1, 0.8)
+    assert [f["value"] for f in sup.store.feedback(sup.view()["rollout_key"])] == [0.8]
+
+
+def test_feedback_an_ingress_joined_counts_once_stored_and_once_only(store_path: Path, clock: Clock) -> None:
+    """Rows an Ingress joined itself count in the evidence when the store has them: not while it fails,
+    and not twice when the same score arrives from two replicas (a client's retry landing elsewhere)."""
+    store = FailingStore(store_path, clock=clock)
+    sup = RolloutSupervisor("canary", store, clock)
+    sup.configure(section(), VERSIONS)
+    request = ("req-1", clock.now, "stable", [("tier", "free")])
+    row = ("req-1", "human_review_score", 0.6, clock.now, "stable", [["tier", "free"]])
+    store.broken = True
+    sup.ingest("ingress-1", Window().to_dict(), 0, requests=[request], feedback=[row])
+    assert review_scores(sup, "stable") == (0, 0.0)  # not stored yet: not evidence yet
+    store.broken = False
+    clock.now += 10
+    sup.persist()  # the store is back: the kept writes go in, in order
+    assert review_scores(sup, "stable") == review_scores(sup, "stable", ("tier", "free")) == (1, 0.6)
+    sup.ingest("ingress-2", Window().to_dict(), 0, feedback=[row])  # the same score, via another replica
+    sup.ingest("ingress-2", Window().to_dict(), 0, feedback=[(*row[:2], 0.1, *row[3:])])  # a different one
+    assert review_scores(sup, "stable") == (1, 0.6)
+    assert [f["value"] for f in store.feedback(sup.view()["rollout_key"])] == [0.6]
+    assert sup.feedback_conflicts == 1
+    old_replica_row = ("req-1", "clicked", 1.0, clock.now)  # an Ingress from before arm and segments
+    sup.ingest("ingress-3", Window().to_dict(), 0, feedback=[old_replica_row])
+    clicked = sup.window.arm("stable", ("tier", "free")).feedback["clicked"]
+    assert (clicked.count, clicked.mean) == (1, 1.0)
+
+
+def test_a_score_stored_after_its_client_stopped_waiting_counts_once(store_path: Path, clock: Clock) -> None:
+    """The controller answers 503 when the store takes over 2 s; the write goes on and may succeed. The
+    score must count then, and the client's retry must find it there rather than add it again."""
+    worker = StoreWorker(clock, background=True)
+    sup = RolloutSupervisor("canary", RolloutStore(store_path, clock=clock), clock, worker=worker)
+    try:
+        sup.configure(section(), VERSIONS)
+        sup.ingest("ingress-1", Window().to_dict(), 0, requests=[("req-1", clock.now, "candidate", [])])
+        worker.call(lambda: None).result(10)  # the request log is written
+        lock = sqlite3.connect(store_path, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            first = worker.call(lambda: sup.store_feedback("req-1", "human_review_score", 0.7))
+            time.sleep(0.5)
+            assert not first.done()  # the client gives up here
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert first.result(30).earlier is None  # the busy timeout waited the lock out: stored
+        assert review_scores(sup, "candidate") == (1, 0.7)
+        retry = worker.call(lambda: sup.store_feedback("req-1", "human_review_score", 0.7)).result(10)
+        assert sup.feedback_stored(retry, "req-1", "human_review_score", 0.7)["duplicate"] is True
+        assert review_scores(sup, "candidate") == (1, 0.7)
+    finally:
+        worker.close()
+
+
 def test_replicas_reporting_zero_ooms_are_evidence_and_one_oom_rolls_back(
     store_path: Path, clock: Clock
 ) -> None:
@@ -250,9 +326,9 @@ class FailingStore(RolloutStore):
         self._fail()
         super().log_requests(*args, **kwargs)
 
-    def add_feedback(self, *args: Any, **kwargs: Any) -> None:
+    def add_feedback(self, *args: Any, **kwargs: Any) -> float | None:
         self._fail()
-        super().add_feedback(*args, **kwargs)
+        return super().add_feedback(*args, **kwargs)
 
 
 def test_an_unwritable_store_freezes_promotion_reports_error_and_recovers(
