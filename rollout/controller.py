@@ -50,6 +50,7 @@ CODE_DIGEST = _code_digest()
 CONFIGURE_READ_S = 8.0  # within the Ingress's 10 s; a config not taken is offered again by the Ingress
 FEEDBACK_STORE_S = 2.0  # POST /feedback: 503 (the client retries) rather than a hanging request
 REPORT_READ_S = 30.0
+STARTING_WAIT_S = 2.0  # how long a call waits for a controller still opening its store before it says so
 
 
 def controller_name(app: str) -> str:
@@ -80,20 +81,47 @@ class RolloutController:
     def __init__(self, app: str, store_location: str, retention: dict[str, Any] | None = None) -> None:
         self._app = app
         self._identity = controller_identity(store_location, retention)
-        store = RolloutStore(resolve_store_location(store_location), Retention(**(retention or {})))
-        logger.info("rollout store: %s (%s)", store.location, store.backend)  # a URL's password masked
+        self._location, self._retention = self._identity["store"], Retention(**(retention or {}))
         # the store's own thread: a store that hangs holds up writes and reads, never this event loop
         self._worker = StoreWorker(time.time, background=True, max_rows=MAX_UNSTORED_WRITES)
-        self._core = RolloutSupervisor(
-            app, store, time.time, lambda hooks: Notifier(hooks) if hooks else None, self._worker
-        )
+        self._core: RolloutSupervisor | None = None  # once the store is open and the rollout resumed
         self._configuring = asyncio.Lock()
         self._pruning: concurrent.futures.Future[Any] | None = None
         self._changed = asyncio.Event()
-        self._core.on_table = lambda table: self._table_changed()
         self._loop: asyncio.Task[None] | None = None
         self._checking = False
         self._pruned_at = 0.0
+        # Opening the store and resuming from it is the store thread's first job, tried again (with its
+        # back-off) until it works: a store down or hanging when the controller starts (or restarts after
+        # a crash) leaves it up and saying why, rather than dead with its name gone, or stuck here.
+        self._worker.write(self._start)
+
+    def _start(self) -> None:
+        """On the store's thread: opens the store and resumes the application's latest rollout from it."""
+        store = RolloutStore(self._location, self._retention)
+        try:
+            core = RolloutSupervisor(
+                self._app, store, time.time, lambda hooks: Notifier(hooks) if hooks else None, self._worker
+            )
+        except BaseException:
+            store.close()
+            raise
+        core.on_table = lambda table: self._table_changed()
+        logger.info("rollout store: %s (%s)", store.location, store.backend)  # a URL's password masked
+        self._core = core
+
+    async def _started(self, wait_s: float = STARTING_WAIT_S) -> RolloutSupervisor:
+        """The supervisor, once the store is open; `ControllerStartingError` (saying why) after ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while self._core is None:
+            if time.monotonic() >= deadline:
+                problem = self._worker.problem(time.time())
+                raise ControllerStartingError(
+                    "the rollout controller is starting: its store is not open yet"
+                    + (f" ({problem[0]}); it tries again every few seconds" if problem else "")
+                )
+            await asyncio.sleep(0.05)
+        return self._core
 
     def _table_changed(self) -> None:
         self._changed.set()
@@ -106,7 +134,11 @@ class RolloutController:
             self._loop = loop.create_task(self._run())
 
     async def _store_call(self, run: Any, timeout_s: float) -> Any:
-        """``run()`` on the store's thread, in order with its writes; TimeoutError after ``timeout_s``."""
+        """``run()`` on the store's thread, in order with its writes; TimeoutError after ``timeout_s``, or at
+        once while the store has not answered a job for `STALL_AFTER_S` (it would wait behind it)."""
+        stalled = self._worker.stalled(time.time())
+        if stalled is not None:
+            raise TimeoutError(stalled[0])
         future = self._worker.call(run)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
@@ -117,32 +149,31 @@ class RolloutController:
     async def _run(self) -> None:
         """The judgement loop: one step per `judge_interval_s`, external checks off the loop."""
         while True:
-            config = self._core.config
+            config = self._core.config if self._core is not None else None
             await asyncio.sleep(config.rollout.judge_interval_s if config else 1.0)
+            core = self._core
+            if core is None:  # still opening the store
+                continue
             try:
-                self._core.step()
-                wanted = self._core.wants_check()
+                core.step()
+                wanted = core.wants_check()
                 if wanted is not None and not self._checking:
                     self._checking = True
-                    asyncio.get_running_loop().create_task(self._ask(*wanted))
-                while self._core.retired:
-                    asyncio.get_running_loop().create_task(_retire(self._core.retired.pop()))
+                    asyncio.get_running_loop().create_task(self._ask(core, *wanted))
+                while core.retired:
+                    asyncio.get_running_loop().create_task(_retire(core.retired.pop()))
                 if time.time() - self._pruned_at > 60 and (self._pruning is None or self._pruning.done()):
                     self._pruned_at = time.time()  # big deletes take ~0.5 s: on the store's thread
-                    self._pruning = self._worker.call(self._core.store.prune)
+                    self._pruning = self._worker.call(core.store.prune)
                     self._pruning.add_done_callback(_log_prune_failure)
             except Exception:  # one bad step must not stop the controller; it is logged and retried
                 logger.exception("rollout step failed")
 
-    async def _ask(self, stage_index: int, spec: Any) -> None:
+    async def _ask(self, core: RolloutSupervisor, stage_index: int, spec: Any) -> None:
         try:
-            payload = {
-                "app": self._app,
-                "stage_index": stage_index,
-                "rollout": self._core.view()["rollout_key"],
-            }
+            payload = {"app": self._app, "stage_index": stage_index, "rollout": core.view()["rollout_key"]}
             outcome, reason = await run_check(spec, payload)
-            self._core.checked(stage_index, outcome, reason)
+            core.checked(stage_index, outcome, reason)
         finally:
             self._checking = False
 
@@ -151,7 +182,8 @@ class RolloutController:
         return self._identity
 
     async def ready(self) -> int:
-        """The actor's PID once it is up (tests and the acceptance checks find it this way)."""
+        """The actor's PID once it is up, whether or not its store is open yet (tests and the acceptance
+        checks find it this way)."""
         self._ensure_loop()
         return os.getpid()
 
@@ -160,20 +192,21 @@ class RolloutController:
         the store's thread; a store that does not answer in time refuses the config (the Ingress offers it
         again) rather than starting over a rollout that may be half done."""
         self._ensure_loop()
+        started = time.monotonic()
+        core = await self._started(CONFIGURE_READ_S / 2)
         async with self._configuring:  # one at a time: what was read is what is applied
-            key = self._core.identity_to_read(section, versions)
+            key = core.identity_to_read(section, versions)
             stored = None
             if key is not None:
                 try:
                     stored = await self._store_call(
-                        functools.partial(self._core.read_identity, key), CONFIGURE_READ_S
+                        functools.partial(core.read_identity, key),
+                        CONFIGURE_READ_S - (time.monotonic() - started),
                     )
-                except TimeoutError:
-                    raise StoreUnavailableError(
-                        f"the rollout store did not answer within {CONFIGURE_READ_S:g} s; "
-                        "the config is offered again"
-                    ) from None
-            return self._core.configure(section, versions, stored)
+                except TimeoutError as exc:
+                    why = str(exc) or f"the store did not answer within {CONFIGURE_READ_S:g} s"
+                    raise StoreUnavailableError(f"{why}; the config is offered again") from None
+            return core.configure(section, versions, stored)
 
     async def ingest(
         self,
@@ -185,29 +218,35 @@ class RolloutController:
         propagation_s: list[float] | None = None,
         rollout: str | None = None,
     ) -> None:
+        """One Ingress replica's counts (see `RolloutSupervisor.ingest`); while the store is not open yet,
+        `ControllerStartingError`, and the replica keeps them for its next flush."""
         self._ensure_loop()
-        self._core.ingest(
+        core = await self._started()
+        core.ingest(
             replica_id, window, in_flight, requests or (), feedback or (), propagation_s or (), rollout
         )
 
     async def report_replica(self, arm: str, replica_id: str, report: dict[str, Any]) -> None:
+        """A model replica's report; ignored while the store is not open (the next one says as much)."""
         self._ensure_loop()
-        self._core.report_replica(arm, replica_id, report)
+        if self._core is not None:
+            self._core.report_replica(arm, replica_id, report)
 
     async def watch(self, known_version: int, timeout_s: float = 30.0) -> dict[str, Any]:
         """Long poll: returns the routing table as soon as its version differs from ``known_version``."""
         self._ensure_loop()
-        table = self._core.table()
+        core = await self._started(timeout_s)
+        table = core.table()
         if table["version"] != known_version:
             return table
         changed = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout_s)
-        return self._core.table()
+        return core.table()
 
     async def snapshot(self) -> dict[str, Any]:
         self._ensure_loop()
-        core = self._core
+        core = await self._started()
         core.telemetry.expire(time.time())
         return {
             # the current rollout's numbers (every window since it started, kept in the store, so a restarted
@@ -221,20 +260,24 @@ class RolloutController:
     async def series(self) -> list[dict[str, Any]]:
         """Per-arm numbers over time (`rollout.series.ArmSeries.points`)."""
         self._ensure_loop()
-        return self._core.telemetry.series.points()
+        return self._core.telemetry.series.points() if self._core is not None else []
 
     async def metrics(self, rollout: dict[str, Any]) -> bytes:
         self._ensure_loop()
-        s = self._core.telemetry
+        core = await self._started()
+        s = core.telemetry
         s.expire(time.time())
-        verdicts = self._core.gates()[0]
+        verdicts = core.gates()[0]
         return SnapshotCollector(
             self._app, s.total, rollout, s.replica_reports(), s.per_arm(), verdicts
         ).render()
 
     async def feedback(self, request_id: str, metric: str, value: float) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body). An id the Ingress has not flushed yet gets ~2 s to arrive before a 404."""
-        core = self._core
+        try:
+            core = await self._started(FEEDBACK_STORE_S)
+        except ControllerStartingError as exc:  # the client retries
+            return 503, FeedbackError(503, "request_id", str(exc)).body()
         for attempt in range(9):
             try:
                 core.check_feedback(metric, value)
@@ -256,17 +299,23 @@ class RolloutController:
     async def act(
         self, action: str, actor: str, reason: str, weight: float | None = None
     ) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, body): 200 with the events and the new state, or 409 when the state forbids it."""
+        """(HTTP status, body): 200 with the events and the new state, 409 when the state forbids it, 503
+        while the store is not open yet (the state is not known until it is)."""
         try:
-            return 200, self._core.act(action, actor, reason, weight)
+            return 200, (await self._started(5.0)).act(action, actor, reason, weight)
         except ActionError as exc:
             return 409, {"error": "action_refused", "detail": str(exc)}
+        except ControllerStartingError as exc:
+            return 503, {"error": "controller_starting", "detail": str(exc)}
 
     async def report(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body): 200 with the post-rollout report (Markdown, HTML and the PNG plots as bytes),
         409 before any rollout, 503 when the store does not answer in time."""
         self._ensure_loop()
-        core = self._core
+        try:
+            core = await self._started()
+        except ControllerStartingError as exc:
+            return 503, {"error": "store_unavailable", "detail": str(exc)}
         if core.machine is None or core.config is None:
             return 409, {"error": "no_rollout", "detail": "no rollout yet: deploy a config first"}
         core.persist()  # the windows since the last write first, then both read after them
@@ -276,7 +325,8 @@ class RolloutController:
             )
         except Exception as exc:
             logger.warning("the report could not read the rollout store: %r", exc)
-            detail = f"the rollout store did not answer ({type(exc).__name__}); retry later"
+            why = str(exc) if isinstance(exc, TimeoutError) and str(exc) else type(exc).__name__
+            detail = f"the rollout store did not answer ({why}); retry later"
             return 503, {"error": "store_unavailable", "detail": detail}
         # the plots take ~0.3 s for ten minutes of rollout, more for a long one: off the event loop
         report = await asyncio.to_thread(build_report, core.report_input(stored))
@@ -285,6 +335,10 @@ class RolloutController:
 
 class StoreUnavailableError(RuntimeError):
     """The rollout store did not answer in time for a config to be taken."""
+
+
+class ControllerStartingError(RuntimeError):
+    """The controller has not opened its store yet (it is down, or hangs); the message says why."""
 
 
 def _log_prune_failure(future: concurrent.futures.Future[Any]) -> None:
@@ -323,24 +377,25 @@ async def ensure_controller(app: str, store_location: str, retention: dict[str, 
     it. A controller that does not answer in time (still starting) is kept.
     """
     wanted = controller_identity(store_location, retention)
-    handle = get_or_create_controller(app, store_location, retention)
-    try:
-        running = await asyncio.wait_for(handle.describe.remote(), 60)
-    except AttributeError:  # a controller from before `describe`
-        running = {}
-    except Exception as exc:
-        logger.warning("the rollout controller did not say what it runs (%r); keeping it", exc)
-        return handle
-    if running == wanted:
-        return handle
-    changed = ", ".join(name for name in ("code", "store", "retention") if running.get(name) != wanted[name])
-    logger.warning("replacing the rollout controller (%s changed); it resumes from the store", changed)
-    ray.kill(handle, no_restart=True)
-    for _ in range(150):  # the name is free once the old actor is dead (or taken by a new one already)
-        found = await asyncio.to_thread(find_controller, app)
-        if found is None or found._actor_id != handle._actor_id:
-            break
-        await asyncio.sleep(0.2)
+    for _ in range(3):  # another replica, still on the previous config, may have created one meanwhile
+        handle = get_or_create_controller(app, store_location, retention)
+        try:
+            running = await asyncio.wait_for(handle.describe.remote(), 60)
+        except AttributeError:  # a controller from before `describe`
+            running = {}
+        except Exception as exc:
+            logger.warning("the rollout controller did not say what it runs (%r); keeping it", exc)
+            return handle
+        if running == wanted:
+            return handle
+        changed = ", ".join(n for n in ("code", "store", "retention") if running.get(n) != wanted[n])
+        logger.warning("replacing the rollout controller (%s changed); it resumes from the store", changed)
+        ray.kill(handle, no_restart=True)
+        for _ in range(150):  # the name is free once the old actor is dead (or taken by a new one already)
+            found = await asyncio.to_thread(find_controller, app)
+            if found is None or found._actor_id != handle._actor_id:
+                break
+            await asyncio.sleep(0.2)
     return get_or_create_controller(app, store_location, retention)
 
 

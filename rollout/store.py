@@ -132,6 +132,17 @@ class StoreError(Exception):
         super().__init__(f"rollout store {os.fspath(path)}: {message}")
         self.path = os.fspath(path)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as built (its arguments are not its ``args``), so Ray can carry it from the controller.
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[StoreError], args: tuple[Any, ...], state: dict[str, Any]) -> StoreError:
+    error = Exception.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class SchemaVersionError(StoreError):
     """The store was written by a newer canary-serve whose schema this one does not understand."""

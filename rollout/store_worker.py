@@ -121,6 +121,11 @@ class StoreWorker:
         """(why, since when) promotion should stay frozen: writes failing, or a job stuck in the store."""
         if self.error is not None and self.failed_since is not None:
             return self.error, self.failed_since
+        return self.stalled(now)
+
+    def stalled(self, now: float) -> tuple[str, float] | None:
+        """(why, since when) a job has been running for `STALL_AFTER_S` or more: nothing queued behind it
+        can run until it returns, so a caller need not wait to know that."""
         busy = self.busy_since
         if busy is not None and now - busy >= STALL_AFTER_S:
             return f"the store has not answered for {now - busy:.0f} s", busy

@@ -154,6 +154,18 @@ def parse_json(body: bytes) -> Any:
         ) from None
 
 
-def controller_silent() -> JSONResponse:
-    """503 for a rollout controller that did not answer in time."""
-    return HTTPProblem(503, "controller_unavailable", "the rollout controller did not answer").response()
+def controller_silent(exc: BaseException | None = None) -> JSONResponse:
+    """503 for a rollout controller that did not answer (in time, or with an error: its reason, one line)."""
+    detail = "the rollout controller did not answer"
+    if exc is not None:
+        detail = f"{detail}: {error_line(exc)}"
+    return HTTPProblem(503, "controller_unavailable", detail).response()
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an operator: the controller's own error when it raised one, not Ray's traceback."""
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, TimeoutError):
+        return "it did not answer in time"
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"

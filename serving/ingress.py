@@ -21,12 +21,12 @@ from models.artifact import InputSchema
 from models.errors import InvalidInputError
 from models.inputs import parse_request
 from models.server import ModelOverloadedError
-from rollout.controller import ensure_controller, find_controller
+from rollout.controller import ensure_controller, find_controller, get_or_create_controller
 from rollout.policy import rollout_key
 from serving.config import IngressConfig, validate_section
 from serving.errors import InvalidConfigError
 from serving.fields import extract
-from serving.http import HotRoute, HTTPProblem, app, controller_silent, parse_json, read_body
+from serving.http import HotRoute, HTTPProblem, app, controller_silent, error_line, parse_json, read_body
 from serving.operator_routes import OperatorRoutes
 from serving.operators import RequestLog, check_request_id, feedback_conflict, parse_feedback
 from serving.routing import Arm, RoutingTable
@@ -41,6 +41,7 @@ FLUSH_INTERVAL_S = 1.0
 # how long the mirrors still running may take, and the last flush of the counts to the controller.
 SHUTDOWN_SHADOW_S = 3.0
 SHUTDOWN_FLUSH_S = 3.0
+CONTROLLER_GONE_S = 10.0  # the controller's name free this long: it is gone for good, and created again
 WATCH_TIMEOUT_S = 30.0  # a long poll returns at least this often, so a replica notices a restarted controller
 FORCE_ARM_HEADER = "X-Canary-Force-Arm"  # an operator's probe of one arm (admin token required)
 REPLICA_RETRIES = 1  # a call whose replica died goes once more to a live one
@@ -50,13 +51,15 @@ MAX_PENDING_ROWS = 100_000  # request-log rows kept for the controller while it 
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
-def _reason(exc: BaseException) -> str:
-    """One line for an operator: the controller's own error when it raised one, not Ray's traceback."""
-    cause = getattr(exc, "cause", None) or exc
-    if isinstance(cause, TimeoutError):
-        return "it did not answer in time"
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+def _controller_args(config: IngressConfig) -> tuple[str, dict[str, Any]]:
+    """The controller's store location and retention, from the Ingress config."""
+    store = config.rollout.store
+    retention = {
+        "windows_s": store.windows_retention_s,
+        "request_log_s": store.request_log_retention_s,
+        "max_requests": store.max_logged_requests,
+    }
+    return store.location, retention
 
 
 def _forced_arm(value: str) -> Arm:
@@ -132,6 +135,7 @@ class Ingress(OperatorRoutes):
         self._app = context.app_name
         self._replica_id = context.replica_id.unique_id
         self._controller: Any = None  # created at the first reconfigure, which knows the store path
+        self._controller_gone_since: float | None = None
         self._rollout_key: str | None = None  # the rollout this replica serves under, sent with its counts
         self._flusher: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -199,15 +203,7 @@ class Ingress(OperatorRoutes):
         store = config.rollout.store
         if self._controller is None or store != previous.rollout.store:
             # one running other code (an upgrade) or keeping another store is replaced: see ensure_controller
-            self._controller = await ensure_controller(
-                self._app,
-                store.location,
-                {
-                    "windows_s": store.windows_retention_s,
-                    "request_log_s": store.request_log_retention_s,
-                    "max_requests": store.max_logged_requests,
-                },
-            )
+            self._controller = await ensure_controller(self._app, *_controller_args(config))
         self._user_config = user_config
         self._ensure_tasks()
         await self._offer()
@@ -234,7 +230,7 @@ class Ingress(OperatorRoutes):
                 self._config_taken = False
                 self._config_pending = (
                     "the rollout controller has not taken this config yet (it is offered again every few "
-                    f"seconds): {_reason(exc)}"
+                    f"seconds): {error_line(exc)}"
                 )
                 return False
             if not self._config_taken:
@@ -536,11 +532,22 @@ class Ingress(OperatorRoutes):
 
     async def _follow_controller(self, exc: Exception) -> None:
         """A controller that another replica replaced (an upgrade, a new store) is a new actor under the same
-        name: a call to the old one fails for good, so the name is looked up again."""
-        if isinstance(exc, ActorDiedError):
-            found = await asyncio.to_thread(find_controller, self._app)
-            if found is not None:
-                self._controller = found
+        name: a call to the old one fails for good, so the name is looked up again. One gone for good
+        (killed by hand, say) is created again once its name has been free for `CONTROLLER_GONE_S`, to
+        resume from the store (a replacement leaves it free for well under a second)."""
+        if not isinstance(exc, ActorDiedError):
+            return
+        found = await asyncio.to_thread(find_controller, self._app)
+        if found is not None:
+            self._controller, self._controller_gone_since = found, None
+            return
+        now = time.monotonic()
+        if self._controller_gone_since is None:
+            self._controller_gone_since = now
+        elif now - self._controller_gone_since >= CONTROLLER_GONE_S:
+            logger.warning("the rollout controller is gone; creating it again (it resumes from the store)")
+            self._controller = get_or_create_controller(self._app, *_controller_args(self._config))
+            self._controller_gone_since = None
 
     def _rollout_state(self) -> dict[str, Any]:
         """What this replica routes by now (the controller's table, or the manual config's weights)."""
@@ -560,9 +567,7 @@ class Ingress(OperatorRoutes):
         try:
             merged = await asyncio.wait_for(self._controller.snapshot.remote(), 10)
         except Exception as exc:
-            return HTTPProblem(
-                503, "controller_unavailable", f"the rollout controller did not answer: {exc!r}"
-            ).response()
+            return controller_silent(exc)
         arms = merged["arms"]
         return {
             **merged["rollout"],
@@ -638,5 +643,5 @@ class Ingress(OperatorRoutes):
             return JSONResponse(answer, status_code=status)
         except HTTPProblem as problem:
             return problem.response()
-        except TimeoutError:
-            return controller_silent()
+        except Exception as exc:  # no answer in time, or the controller is restarting
+            return controller_silent(exc)

@@ -89,8 +89,8 @@ class OperatorRoutes:
             )
         except HTTPProblem as problem:
             return problem.response()
-        except TimeoutError:
-            return controller_silent()
+        except Exception as exc:  # no answer in time, or the controller is restarting
+            return controller_silent(exc)
         return JSONResponse(result, status_code=status)
 
     @app.get("/admin/report")
@@ -103,8 +103,8 @@ class OperatorRoutes:
             status, report = await asyncio.wait_for(self._controller.report.remote(), 60)
         except HTTPProblem as problem:
             return problem.response()
-        except TimeoutError:
-            return controller_silent()
+        except Exception as exc:  # no answer in time, or the controller is restarting
+            return controller_silent(exc)
         if status != 200:
             return JSONResponse(report, status_code=status)
         return JSONResponse(
@@ -123,9 +123,7 @@ class OperatorRoutes:
         try:
             text = await asyncio.wait_for(self._controller.metrics.remote(self._rollout_state()), 10)
         except Exception as exc:
-            return HTTPProblem(
-                503, "controller_unavailable", f"the rollout controller did not answer: {exc!r}"
-            ).response()
+            return controller_silent(exc)
         return Response(content=text, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/rollout/series")
@@ -134,8 +132,8 @@ class OperatorRoutes:
         self._ensure_tasks()
         try:
             points = await asyncio.wait_for(self._controller.series.remote(), 10)
-        except Exception:
-            return controller_silent()
+        except Exception as exc:
+            return controller_silent(exc)
         return JSONResponse({"points": points})
 
     @app.get("/dashboard")

@@ -146,6 +146,70 @@ def test_postgres_store_controller_killed_with_sigkill_resumes_from_it(
     assert leaked == []
 
 
+def test_a_controller_restarting_while_its_store_is_down_stays_up_and_resumes_once_it_is_back(
+    pg_app: tuple[httpx.Client, str], postgres: PostgresServer
+) -> None:
+    """The controller crashes while PostgreSQL refuses connections (a failover, maintenance). Ray restarts
+    it; it must stay up and say why it cannot resume, the answers go on on the last table, and once the
+    database is back it resumes the same rollout. Before, its constructor opened the store: it raised, Ray
+    gave the actor up for dead, its name was gone, and no Ingress created another until a redeploy."""
+    http, url = pg_app
+    database = url.rsplit("/", 1)[1]
+    before = http.get("/rollout").json()
+    actor = ray.get_actor(controller_name(APP), namespace=NAMESPACE)
+    pid = ray.get(actor.ready.remote(), timeout=30)
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,)
+        )
+        try:
+            os.kill(pid, signal.SIGKILL)
+            down = wait_until(
+                lambda: (
+                    (r := http.get("/rollout", timeout=15)).status_code == 503
+                    and "store is not open yet" in r.text
+                    and r.json()
+                ),
+                90,
+                what="GET /rollout saying the restarted controller cannot open its store",
+            )
+            assert "not currently accepting connections" in down["detail"], down
+            assert postgres.password not in json.dumps(down) and "Traceback" not in json.dumps(down)
+            assert ray.get(actor.ready.remote(), timeout=30) != pid  # up, under its name, not dead
+            for i in range(10):  # answers on the last table
+                assert http.post(
+                    "/predict", json={"features": [0.1] * 30}, headers={"X-Routing-Key": f"d{i}"}, timeout=10
+                ).is_success
+            refused = http.post(
+                "/rollout/rollback", json={"reason": "db down", "actor": "sre"}, headers=ADMIN, timeout=30
+            )
+            assert refused.status_code == 503 and refused.json()["error"] == "controller_starting"
+        finally:
+            admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+    after = wait_until(
+        lambda: (r := http.get("/rollout", timeout=15)).status_code == 200 and r.json(),
+        60,
+        what="the controller resumed once the database was back",
+    )
+    assert after["rollout_key"] == before["rollout_key"] and after["stage"] == before["stage"]
+    assert after["events_total"] >= before["events_total"] and after["config_pending"] is None
+
+    # killed for good (by hand, or its restarts spent): an Ingress replica creates it again
+    ray.kill(ray.get_actor(controller_name(APP), namespace=NAMESPACE), no_restart=True)
+    again = wait_until(
+        lambda: (
+            (found := find_controller(APP)) is not None
+            and found._actor_id != actor._actor_id
+            and (r := http.get("/rollout", timeout=15)).status_code == 200
+            and r.json()
+        ),
+        90,
+        what="the controller created again",
+    )
+    assert again["rollout_key"] == before["rollout_key"] and again["stage"] == before["stage"]
+
+
 def test_a_postgres_store_that_hangs_holds_up_neither_the_answers_nor_a_rollback(
     canary_app: Canary, pg_app: tuple[httpx.Client, str]
 ) -> None:
@@ -201,9 +265,10 @@ def test_a_postgres_store_that_hangs_holds_up_neither_the_answers_nor_a_rollback
         assert arms == {"stable"}
         pending = http.get("/rollout", timeout=10).json()
         assert pending["rollout_key"] == key  # the controller's rollout: this config is not taken yet
-        assert "StoreUnavailableError: the rollout store did not answer" in pending["config_pending"]
-        report = http.get("/admin/report", headers=ADMIN, timeout=60)  # waits for the store, then says so
+        assert "StoreUnavailableError: the store has not answered for" in pending["config_pending"]
+        report = http.get("/admin/report", headers=ADMIN, timeout=60)  # at once: the store hangs already
         assert report.status_code == 503 and report.json()["error"] == "store_unavailable", report.text
+        assert "has not answered for" in report.json()["detail"]
     finally:
         locker.rollback()
         locker.close()

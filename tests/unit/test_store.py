@@ -305,6 +305,18 @@ def test_duplicate_feedback_stored_before_version_3_is_removed_keeping_the_first
         assert s.add_feedback(KEY, "a", "stable", "human_review_score", 0.3, 6.0) == 0.9
 
 
+def test_store_errors_survive_pickling_as_ray_carries_them(tmp_path: Path):
+    import pickle
+
+    for error in (
+        StoreError("postgresql://u:***@db/x", "cannot open"),
+        SchemaVersionError(tmp_path / "a.db", 9, SCHEMA_VERSION),
+        UnknownRolloutError("x.db", KEY),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error) and copy.__dict__ == error.__dict__
+
+
 def test_retention_by_age(new_location: Callable[[], str | Path], clock: FakeClock):
     retention = Retention(windows_s=100, request_log_s=50, events_s=200, feedback_s=100)
     with RolloutStore(new_location(), retention, clock) as s:

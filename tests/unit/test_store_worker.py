@@ -95,10 +95,11 @@ def test_a_hung_store_holds_up_only_its_own_thread_and_shows_as_a_problem() -> N
         worker.write(lambda: "after")
         answer = worker.call(lambda: "read")
         assert started.wait(10)  # the caller was never held up: it is already here
-        assert worker.problem(clock()) is None
+        assert worker.problem(clock()) is None and worker.stalled(clock()) is None
         clock.now += STALL_AFTER_S
         problem = worker.problem(clock())
         assert problem is not None and "has not answered for 5 s" in problem[0]
+        assert worker.stalled(clock()) == problem  # a caller need not queue behind it to know
         assert not answer.done() and worker.pending == 2  # calls wait behind a healthy store's writes
         release.set()
         assert answer.result(10) == "read"
@@ -116,6 +117,7 @@ def test_calls_run_between_the_retries_of_a_failing_write() -> None:
         store.broken = True
         worker.write(store.write("window"))
         wait_for(lambda: worker.error is not None)
+        assert worker.problem(clock()) is not None and worker.stalled(clock()) is None  # calls still run
         assert worker.call(lambda: "read while writes fail").result(10) == "read while writes fail"
         failed = worker.call(lambda: 1 / 0)
         with pytest.raises(ZeroDivisionError):
