@@ -389,15 +389,16 @@ class RolloutSupervisor:
         arm: str | None = None,
         segments: Sequence[Sequence[str]] | None = None,
     ) -> None:
-        """Store work: one value an Ingress joined itself (an Ingress older than arm and segments in the
-        row sends four fields; the request log has them)."""
+        """Store work: one value an Ingress joined itself, counted in the evidence once stored. An Ingress
+        older than arm and segments in the row (four fields, during an upgrade) counted it in its own window
+        already; the request log has its arm."""
         found = self.store.find_request(rid)
         key = found.key if found else key
+        counted = arm is None or segments is None
         if arm is None or segments is None:
-            arm = found.arm if found else "?"
-            segments = found.segments if found else []
+            arm, segments = (found.arm if found else "?"), []
         earlier = self.store.add_feedback(key, rid, arm, metric, value, ts)
-        if earlier is None:
+        if earlier is None and not counted:
             self.worker.deliver(functools.partial(self._count_feedback, key, arm, segments, metric, value))
         elif earlier != value:
             self.feedback_conflicts += 1
