@@ -377,6 +377,7 @@ async def ensure_controller(app: str, store_location: str, retention: dict[str, 
     it. A controller that does not answer in time (still starting) is kept.
     """
     wanted = controller_identity(store_location, retention)
+    replaced = False
     for _ in range(3):  # another replica, still on the previous config, may have created one meanwhile
         handle = get_or_create_controller(app, store_location, retention)
         try:
@@ -386,9 +387,13 @@ async def ensure_controller(app: str, store_location: str, retention: dict[str, 
         except Exception as exc:
             logger.warning("the rollout controller did not say what it runs (%r); keeping it", exc)
             return handle
-        if running == wanted:
+        changed_names = [n for n in ("code", "store", "retention") if running.get(n) != wanted[n]]
+        if not changed_names or (replaced and changed_names == ["code"]):
+            # the code a new controller runs is its node's: while nodes run different images (an upgrade
+            # rolling through a cluster) replacing it again could land it on another old node
             return handle
-        changed = ", ".join(n for n in ("code", "store", "retention") if running.get(n) != wanted[n])
+        replaced = True
+        changed = ", ".join(changed_names)
         logger.warning("replacing the rollout controller (%s changed); it resumes from the store", changed)
         ray.kill(handle, no_restart=True)
         for _ in range(150):  # the name is free once the old actor is dead (or taken by a new one already)
