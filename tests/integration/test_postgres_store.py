@@ -69,20 +69,41 @@ def deploy(config: dict[str, Any]) -> None:
     serve.context._get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
 
 
-@pytest.fixture
-def pg_app(canary_app: Canary, postgres: PostgresServer) -> Iterator[tuple[httpx.Client, str]]:
-    url = postgres.create_database()
-    deploy(with_postgres_app(canary_app.config, url))
+@pytest.fixture(scope="module")
+def pg_deployed(canary_app: Canary, postgres: PostgresServer) -> Iterator[httpx.Client]:
+    """The ``canary-pg`` application, deployed once for the module (its model replicas take ~15 s)."""
+    deploy(with_postgres_app(canary_app.config, postgres.create_database()))
     http = httpx.Client(base_url=f"{canary_app.url}/pg", timeout=30)
     try:
         wait_until(lambda: serve.status().applications[APP].status == "RUNNING", 240, what=f"{APP} RUNNING")
-        wait_until(lambda: http.get("/rollout").json().get("stage") == "shadow", 60, what="shadow stage")
-        yield http, url
+        yield http
     finally:
         http.close()
         deploy(canary_app.config)  # the session's app alone again
         with contextlib.suppress(ValueError):  # detached: it would outlive the app and the server
             ray.kill(ray.get_actor(controller_name(APP), namespace=NAMESPACE), no_restart=True)
+
+
+@pytest.fixture
+def pg_app(
+    canary_app: Canary, pg_deployed: httpx.Client, postgres: PostgresServer
+) -> tuple[httpx.Client, str]:
+    """Each test on a database of its own: the config deployed again with a new store URL (and one Ingress
+    replica, whatever the last test left), so a controller on that store runs the rollout from its start."""
+    url = postgres.create_database()
+    deploy(with_postgres_app(canary_app.config, url))
+    wait_until(
+        lambda: (
+            (found := find_controller(APP)) is not None
+            and ray.get(found.describe.remote(), timeout=30)["store"] == url
+            and (s := pg_deployed.get("/rollout").json()).get("stage") == "shadow"
+            and s["store"]["ok"]
+            and s["config_pending"] is None
+        ),
+        120,
+        what="the rollout at shadow on a new database",
+    )
+    return pg_deployed, url
 
 
 def test_postgres_store_controller_killed_with_sigkill_resumes_from_it(
