@@ -75,6 +75,12 @@ class SnapshotCollector(Collector):
         fields = GaugeMetricFamily(
             "canary_answer_field_mean", "Mean (or rate) of an extracted answer field.", labels=[*seg, "field"]
         )
+        feedback = CounterMetricFamily(
+            "canary_feedback", "POST /feedback values counted (stored once each).", labels=[*seg, "metric"]
+        )
+        feedback_mean = GaugeMetricFamily(
+            "canary_feedback_mean", "Mean of the feedback values counted.", labels=[*seg, "metric"]
+        )
         for (arm, (label, value)), st in sorted(w.arms.items()):
             labels = [app, arm, label, value]
             for outcome, n in (
@@ -93,7 +99,11 @@ class SnapshotCollector(Collector):
             for name, stat in st.fields.items():
                 if stat.mean is not None:
                     fields.add_metric([*labels, name], stat.mean)
-        yield from (requests, fallbacks, latency_p95, fields)
+            for name, stat in sorted(st.feedback.items()):
+                feedback.add_metric([*labels, name], stat.count)
+                if stat.mean is not None:
+                    feedback_mean.add_metric([*labels, name], stat.mean)
+        yield from (requests, fallbacks, latency_p95, fields, feedback, feedback_mean)
 
         latency = HistogramMetricFamily(
             "canary_request_latency_seconds",

@@ -414,12 +414,17 @@ class RolloutSupervisor:
     def _count_feedback(
         self, key: str, arm: str, segments: Sequence[Sequence[str]], metric: str, value: float
     ) -> None:
-        """Counts a value just stored in the current rollout's evidence (on the event loop)."""
-        if self.machine is None or key != self.machine.state.key or arm == "?":
+        """Counts a value just stored: in `/metrics` (everything since the controller started), and in the
+        current rollout's evidence when it is that rollout's (on the event loop)."""
+        if arm == "?":
             return
+        current = self.machine is not None and key == self.machine.state.key
         for segment in [ALL, *(tuple(s) for s in segments)]:
-            self.window.arm(arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
-            self._unsaved.arm(arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
+            windows = (
+                (self.telemetry.total, self.window, self._unsaved) if current else (self.telemetry.total,)
+            )
+            for window in windows:
+                window.arm(arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
 
     def _close_window(self, machine: RolloutMachine, now: float) -> None:
         """Writes the outgoing rollout's telemetry since the last write under its own key (kept in order

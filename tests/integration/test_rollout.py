@@ -154,6 +154,18 @@ def test_feedback_is_joined_or_refused_with_the_field_named(canary: Canary) -> N
     )
     assert changed.status_code == 409 and changed.json()["error"] == "feedback_exists"
     assert changed.json()["detail"][0]["field"] == "value"
+    arm = response.headers["x-canary-arm"]
+    wait_until(  # counted once stored (the retry not again), and exported for Prometheus
+        lambda: any(
+            line.startswith("canary_feedback_total{")
+            and f'arm="{arm}"' in line
+            and 'segment="all"' in line
+            and 'metric="human_review_score"' in line
+            for line in canary.http.get("/metrics").text.splitlines()
+        ),
+        30,
+        what="canary_feedback_total in /metrics",
+    )
     unknown = canary.http.post(
         "/feedback", json={"request_id": "nope", "metric": "human_review_score", "value": 1}
     )

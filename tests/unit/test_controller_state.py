@@ -72,6 +72,8 @@ def test_metrics_text_parses_and_has_arms_histogram_and_counters():
         w.arm("candidate", ("tenant", "acme")).record("error", 0.02)
     w.shadow_in().mirrored = 3
     state.ingest("i1", w, 0, now=0)
+    for value in (0.5, 1.0):  # what the controller counts once the store has it
+        state.total.arm("candidate", ("tenant", "acme")).record_feedback("human_review_score", value)
     state.report_replica(
         "candidate",
         "r1",
@@ -122,6 +124,12 @@ def test_metrics_text_parses_and_has_arms_histogram_and_counters():
     assert errors and errors[0].value == 50 and errors[0].labels["value"] == "acme"
     verdicts = {(v.labels["segment"], v.labels["verdict"]) for v in families["canary_gate_verdict"].samples}
     assert verdicts == {("all", "FAIL"), ("tier=gold", "FAIL")}
+    scored = [s for s in families["canary_feedback"].samples if s.name == "canary_feedback_total"]
+    assert [(s.labels["arm"], s.labels["value"], s.labels["metric"], s.value) for s in scored] == [
+        ("candidate", "acme", "human_review_score", 2)
+    ]
+    assert families["canary_feedback"].type == "counter"
+    assert [s.value for s in families["canary_feedback_mean"].samples] == [0.75]
 
 
 def test_a_replica_stopped_on_purpose_is_no_restart_and_its_last_ooms_count():

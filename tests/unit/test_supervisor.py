@@ -241,6 +241,8 @@ def test_feedback_an_ingress_joined_counts_once_stored_and_once_only(store_path:
     assert review_scores(sup, "stable") == (1, 0.6)
     assert [f["value"] for f in store.feedback(sup.view()["rollout_key"])] == [0.6]
     assert sup.feedback_conflicts == 1
+    in_metrics = sup.telemetry.total.arm("stable", ("tier", "free")).feedback["human_review_score"]
+    assert (in_metrics.count, in_metrics.mean) == (1, 0.6)  # /metrics counts it once too
     # an Ingress from before arm and segments in the row counted the value in its own window: stored
     # against the arm the request log names, not counted a second time
     sup.ingest("ingress-3", Window().to_dict(), 0, feedback=[("req-1", "clicked", 1.0, clock.now)])
