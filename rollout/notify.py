@@ -27,7 +27,55 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 logger = logging.getLogger("canary.notify")
 
-EventKind = Literal["transition", "promotion", "rollback", "decision", "override", "all"]
+EventKind = Literal[
+    # groups
+    "all", "transition", "promotion", "rollback", "decision", "override",
+    # the kinds of event a controller records, for a webhook that wants exactly these
+    "started", "stage", "awaiting_approval", "approved", "paused", "resumed", "weight_set", "weights",
+    "promoted", "rolled_back", "awaiting_review", "closed", "redeployed", "superseded", "check",
+]  # fmt: skip
+
+# What each group sends. A kind in several groups is sent once to a webhook that names several.
+_TRANSITIONS = frozenset(
+    {"started", "stage", "awaiting_approval", "approved", "paused", "resumed", "weight_set", "weights",
+     "override", "promoted", "rolled_back", "awaiting_review", "closed", "superseded"}
+)  # fmt: skip
+_FORWARD = frozenset({"stage", "approved", "promoted"})
+_JUDGED = frozenset({"stage", "awaiting_approval", "promoted", "rolled_back"})
+_OWN_ACTORS = frozenset({"controller", "config", "external-check"})
+
+
+def event_groups(event: dict[str, Any]) -> frozenset[str]:
+    """The names a webhook's ``events`` may list to receive ``event``: its own kind, ``all``, and each group.
+
+    - ``transition``: the rollout's phase, stage or weights changed;
+    - ``promotion``: the candidate moved forward (a stage entered, approved, or promoted to 100 %);
+    - ``rollback``: the candidate was rolled back, by the controller or by an operator;
+    - ``decision``: what the controller decided on the evidence (entered a stage, asked for approval,
+      promoted, rolled back) and what an external check answered;
+    - ``override``: a person took over: an operator action, or weights edited in the deployed config.
+
+    Example:
+        >>> sorted(event_groups({"kind": "rolled_back", "actor": "controller"}))
+        ['all', 'decision', 'rollback', 'rolled_back', 'transition']
+        >>> sorted(event_groups({"kind": "rolled_back", "actor": "alice"}))
+        ['all', 'override', 'rollback', 'rolled_back', 'transition']
+    """
+    kind, actor = str(event.get("kind", "")), str(event.get("actor", ""))
+    groups = {"all", kind}
+    if kind in _TRANSITIONS:
+        groups.add("transition")
+    if kind in _FORWARD:
+        groups.add("promotion")
+    if kind == "rolled_back":
+        groups.add("rollback")
+    if (kind in _JUDGED and actor == "controller") or kind == "check":
+        groups.add("decision")
+    if kind == "override" or (kind in _TRANSITIONS and actor and actor not in _OWN_ACTORS):
+        groups.add("override")
+    return frozenset(groups)
+
+
 Sleep = Callable[[float], Awaitable[None]]
 
 MAX_BACKOFF_S = 30.0
@@ -93,7 +141,12 @@ class WebhookSpec(_Endpoint):
     """
 
     events: tuple[EventKind, ...] = Field(
-        ("all",), min_length=1, description="event kinds to send; 'all' sends every kind"
+        ("all",),
+        min_length=1,
+        description=(
+            "what to send: 'all', a group (transition, promotion, rollback, decision, override) or an "
+            "event kind (rolled_back, promoted, stage, ...)"
+        ),
     )
     retries: int = Field(
         3, ge=0, le=10, description="attempts after the first on 5xx, 429 or no answer, 0–10"
@@ -143,7 +196,8 @@ class Notifier:
     """Sends rollout events to webhooks in the background, so a slow or dead receiver never holds the
     controller up.
 
-    Each event goes to every webhook whose ``events`` include its ``kind`` (or ``"all"``), as the JSON body
+    Each event goes to every webhook whose ``events`` name its kind or one of its groups (`event_groups`;
+    ``"all"`` takes every event), as the JSON body
     of a POST. A 2xx answer delivers it. 5xx, 429, time-outs and connection errors are retried up to
     ``retries`` times, waiting ``backoff_s * 2**n`` seconds (at most `MAX_BACKOFF_S`, no jitter: one
     controller sends, there is no herd to spread) before retry n+1; any other answer is final, the receiver
@@ -162,12 +216,12 @@ class Notifier:
         >>> async def main() -> list[Delivery]:
         ...     ok = httpx.MockTransport(lambda request: httpx.Response(204))
         ...     notifier = Notifier([WebhookSpec(url="http://hooks.test/canary")], transport=ok)
-        ...     notifier.send({"kind": "promotion", "app": "demo", "seq": 7})
+        ...     notifier.send({"kind": "promoted", "actor": "controller", "app": "demo", "seq": 7})
         ...     await notifier.drain()
         ...     await notifier.aclose()
         ...     return notifier.deliveries
         >>> [(d.url, d.event_kind, d.ok, d.status) for d in asyncio.run(main())]
-        [('http://hooks.test/canary', 'promotion', True, 204)]
+        [('http://hooks.test/canary', 'promoted', True, 204)]
     """
 
     def __init__(
@@ -207,7 +261,7 @@ class Notifier:
         return self._dropped
 
     def send(self, event: dict[str, Any]) -> None:
-        """Schedules delivery of ``event`` to each webhook subscribed to ``event["kind"]``; returns at once.
+        """Schedules delivery of ``event`` to each webhook subscribed to its kind or group; returns at once.
 
         Call it from inside the running event loop (the controller's). The event is serialised now, so the
         caller may change the dict afterwards. Never raises: a problem is logged and the event counted in
@@ -220,8 +274,8 @@ class Notifier:
             self._drop("could not be scheduled", event, log_exception=True)
 
     def _schedule(self, event: dict[str, Any]) -> None:
-        kind = str(event.get("kind", ""))
-        targets = [w for w in self._webhooks if "all" in w.events or kind in w.events]
+        kind, groups = str(event.get("kind", "")), event_groups(event)
+        targets = [w for w in self._webhooks if groups.intersection(w.events)]
         if not targets:
             return
         if self._closed:

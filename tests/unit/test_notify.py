@@ -148,25 +148,60 @@ def test_no_answer_then_an_answer_is_delivered():
     assert notifier.deliveries[0].ok and notifier.deliveries[0].attempts == 2
 
 
-def test_each_event_goes_to_the_webhooks_subscribed_to_its_kind():
-    every, rollbacks, moves = (
-        hook("http://hooks.test/every"),
-        hook("http://hooks.test/rollbacks", events=("rollback",)),
-        hook("http://hooks.test/moves", events=("transition", "promotion")),
-    )
+def test_each_event_goes_to_the_webhooks_subscribed_to_its_kind_or_group():
+    urls = {
+        "every": (),
+        "rollbacks": ("rollback",),
+        "forward": ("promotion",),
+        "decisions": ("decision",),
+        "overrides": ("override",),
+        "moves": ("transition",),
+        "exact": ("paused", "check"),
+    }
+    hooks = [hook(f"http://hooks.test/{name}", **({"events": ev} if ev else {})) for name, ev in urls.items()]
     events = [
-        {"kind": k, "seq": i} for i, k in enumerate(["transition", "rollback", "decision", "promotion"])
+        {"kind": kind, "actor": actor, "seq": i}
+        for i, (kind, actor) in enumerate(
+            [
+                ("started", "controller"),
+                ("stage", "controller"),
+                ("check", "external-check"),
+                ("paused", "alice"),
+                ("resumed", "alice"),
+                ("override", "config"),
+                ("rolled_back", "controller"),
+                ("rolled_back", "bob"),
+                ("promoted", "controller"),
+                ("redeployed", "config"),
+            ]
+        )
     ]
     receiver = Receiver()
-    notifier = deliver([every, rollbacks, moves], events, receiver)
+    notifier = deliver(hooks, events, receiver)
 
-    def kinds(url: str) -> list[str]:
-        return sorted(b["kind"] for b in receiver.bodies(url))
+    def got(name: str) -> list[tuple[str, str]]:
+        return sorted((b["kind"], b["actor"]) for b in receiver.bodies(f"http://hooks.test/{name}"))
 
-    assert kinds("http://hooks.test/every") == ["decision", "promotion", "rollback", "transition"]
-    assert kinds("http://hooks.test/rollbacks") == ["rollback"]
-    assert kinds("http://hooks.test/moves") == ["promotion", "transition"]
-    assert len(notifier.deliveries) == 7 and all(d.ok for d in notifier.deliveries)
+    assert len(got("every")) == len(events)
+    assert got("rollbacks") == [("rolled_back", "bob"), ("rolled_back", "controller")]
+    assert got("forward") == [("promoted", "controller"), ("stage", "controller")]
+    assert got("decisions") == [
+        ("check", "external-check"),
+        ("promoted", "controller"),
+        ("rolled_back", "controller"),
+        ("stage", "controller"),
+    ]
+    assert got("overrides") == [
+        ("override", "config"),
+        ("paused", "alice"),
+        ("resumed", "alice"),
+        ("rolled_back", "bob"),
+    ]
+    assert [k for k, _ in got("moves")] == sorted(
+        ["started", "stage", "paused", "resumed", "override", "rolled_back", "rolled_back", "promoted"]
+    )
+    assert got("exact") == [("check", "external-check"), ("paused", "alice")]
+    assert all(d.ok for d in notifier.deliveries)
 
 
 def test_an_event_without_a_kind_goes_only_to_all():
@@ -279,7 +314,7 @@ def test_delivery_urls_hide_credentials_and_query_strings():
         ({"url": "http://hooks.test:port/"}, "got 'http://hooks.test:port/'"),
         ({"url": "http://h.test", "timeout_s": 0}, "greater than 0"),
         ({"url": "http://h.test", "retries": 11}, "less than or equal to 10"),
-        ({"url": "http://h.test", "events": ("promoted",)}, "'transition', 'promotion'"),
+        ({"url": "http://h.test", "events": ("promote",)}, "'rollback', 'decision', 'override', 'started'"),
         ({"url": "http://h.test", "events": ()}, "at least 1 item"),
         ({"url": "http://h.test", "headers": {"X-Token": "a\r\nX-Evil: 1"}}, "without line breaks"),
         ({"url": "http://h.test", "headers": {"Bad Name": "x"}}, "'Bad Name' is not a valid HTTP token"),
