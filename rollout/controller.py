@@ -253,6 +253,7 @@ class RolloutController:
             # controller shows them too); everything since start-up only before any config arrived.
             # /metrics stays cumulative, as Prometheus counters must.
             **core.telemetry.summary(core.window if core.machine is not None else None),
+            **(core.replica_events() if core.machine is not None else {}),
             "shadow_in_flight": core.telemetry.shadow_in_flight(),
             "rollout": core.view(),
         }

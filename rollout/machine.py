@@ -68,7 +68,11 @@ class RolloutState:
     outcome: str | None = None  # "promoted" | "rolled_back" once the rollout has ended
     config_weights: list[float | None] = field(default_factory=lambda: [None, None])
     table_version: int = 0
-    counters_base: dict[str, dict[str, int]] = field(default_factory=dict)  # OOMs/restarts at the start
+    # OOM events and replica restarts per arm since the rollout started ({"oom_events": {arm: n}, ...}), kept
+    # with the state so a restarted controller goes on counting; and each model replica's own OOM count
+    # already included, so a restarted controller does not count a replica's earlier OOMs again
+    counted: dict[str, dict[str, int]] = field(default_factory=dict)
+    replica_ooms: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

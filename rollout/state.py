@@ -113,6 +113,17 @@ class TelemetryState:
             if now - info["last_seen"] > STALE_AFTER_S:
                 del self.ingress[replica_id]
 
+    def replica_ooms(self) -> dict[str, int]:
+        """Each reporting model replica's OOM count, as far as it has been counted."""
+        return {replica_id: r.oom_seen for replica_id, r in self.replicas.items()}
+
+    def known_replicas(self, ooms: dict[str, int]) -> None:
+        """Replicas a previous controller counted OOMs from (``replica_ooms``): when they report, only OOMs
+        beyond those count, and they are no restart."""
+        for replica_id, seen in ooms.items():
+            if replica_id not in self.replicas:
+                self._gone[replica_id] = int(seen)
+
     def shadow_in_flight(self) -> int:
         return sum(int(info["in_flight"]) for info in self.ingress.values())
 

@@ -146,8 +146,11 @@ class RolloutSupervisor:
         self._final_worse: list[str] = []
         self.check: CheckState | None = None
         self.propagation = LatencySketch()
-        self._gpu_peak: dict[str, float] = {}
+        # (arm, model version) -> peak GPU memory of one replica: a new candidate is not held to an old one's
+        self._gpu_peak: dict[tuple[str, str | None], float] = {}
         self._reported_arms: set[str] = set()
+        # the controller's OOM and restart totals when last added to the current rollout's own counts
+        self._counted_at: dict[str, dict[str, int]] = {}
         self.on_table: Callable[[dict[str, Any]], None] = lambda table: None
         # Every write goes through the worker, in order. While writes fail (or the store hangs), promotion
         # is frozen (nothing advances on evidence that cannot be kept), rollback still acts, and what could
@@ -180,6 +183,7 @@ class RolloutSupervisor:
         self._keep_events(self.store.events(record.key))
         self._load_final_evidence()
         self._set_webhooks(config.rollout.webhooks)
+        self.telemetry.known_replicas(state.replica_ooms)
         state.table_version += 1  # every Ingress re-reads the table after a restart
         logger.info(
             "resumed rollout %s at %s (weight %s)", state.key, state.phase.value, state.candidate_weight
@@ -223,6 +227,7 @@ class RolloutSupervisor:
         digest = config_hash(section, versions)
         if digest == self._hash and self.machine is not None:
             return self.table()
+        self._count_replica_events()  # what happened until now belongs to the rollout that was running
         wanted = self.identity_to_read(section, versions)
         if wanted is not None and (stored is None or stored.key != wanted):
             stored = self.read_identity(wanted)
@@ -258,10 +263,6 @@ class RolloutSupervisor:
                 rollout, key, rollout.mode, now, (rollout.weight, rollout.shadow)
             )
             machine.state.config_weights = [rollout.candidate_weight, rollout.shadow_percent]
-            machine.state.counters_base = {
-                "oom_events": dict(self.telemetry.oom_events),
-                "restarts": dict(self.telemetry.restarts),
-            }
             if self.machine is not None:
                 machine.state.table_version = self.machine.state.table_version
             # a manual rollout (or a change of mode) starts a new machine, but the identity's telemetry
@@ -280,6 +281,7 @@ class RolloutSupervisor:
             else:
                 events += machine.manual_weights(now, (rollout.weight, rollout.shadow), "config")
         self.config, self.versions, self._hash = config, dict(versions), digest
+        self._gpu_peak = {k: v for k, v in self._gpu_peak.items() if k[1] == versions.get(k[0])}
         self._set_webhooks(rollout.webhooks)
         # taken all the same while the store fails: the row is written, before anything of this rollout,
         # once the store recovers
@@ -453,9 +455,38 @@ class RolloutSupervisor:
 
     def report_replica(self, arm: str, replica_id: str, report: dict[str, Any]) -> None:
         self.telemetry.report_replica(arm, replica_id, report, self.clock())
+        self._count_replica_events()
         memory = _replica_memory(report)
         if memory is not None:
-            self._gpu_peak[arm] = max(self._gpu_peak.get(arm, 0.0), memory)
+            peak = (arm, report.get("model_version") or self.versions.get(arm))
+            self._gpu_peak[peak] = max(self._gpu_peak.get(peak, 0.0), memory)
+
+    def replica_events(self) -> dict[str, dict[str, int]]:
+        """OOM events and replica restarts per arm since the current rollout started. An arm whose replicas
+        report counts 0 until one happens: that is data, not NODATA."""
+        self._count_replica_events()
+        reporting = {r.arm for r in self.telemetry.replicas.values()} | set(self._reported_arms)
+        self._reported_arms |= reporting
+        counted = self.machine.state.counted if self.machine is not None else {}
+        return {
+            name: {arm: counted.get(name, {}).get(arm, 0) for arm in reporting | set(counted.get(name, {}))}
+            for name in ("oom_events", "restarts")
+        }
+
+    def _count_replica_events(self) -> None:
+        """Adds the OOM events and replica restarts the controller counted since the last call to the current
+        rollout's own counts, and notes each replica's OOM count, all in the rollout's state (stored with
+        it): the gates count since the rollout started, across controller restarts."""
+        totals = self.telemetry.per_arm()
+        if self.machine is not None:
+            state = self.machine.state
+            for name, now in totals.items():
+                seen, counted = self._counted_at.get(name, {}), state.counted.setdefault(name, {})
+                for arm, n in now.items():
+                    if n > seen.get(arm, 0):
+                        counted[arm] = counted.get(arm, 0) + n - seen.get(arm, 0)
+            state.replica_ooms = self.telemetry.replica_ooms()
+        self._counted_at = totals
 
     def feedback(self, request_id: str, metric: str, value: float) -> dict[str, Any]:
         """Joins feedback to the arm that served ``request_id`` (an Ingress that served it itself records it
@@ -516,16 +547,17 @@ class RolloutSupervisor:
         state = self.machine.state
         stage = self.machine.stage
         live = state.candidate_weight > 0 or (stage is not None and not stage.is_shadow)
-        base = state.counters_base
-        # An arm whose replicas report counts 0 events until one happens: that is data, not NODATA.
-        reporting = {r.arm for r in self.telemetry.replicas.values()} | set(self._reported_arms)
-        self._reported_arms |= reporting
+        counted = self.replica_events()
         return Evidence(
             window=self.window,
             live=live,
-            oom_events=_since(self.telemetry.oom_events, base.get("oom_events", {}), reporting),
-            restarts=_since(self.telemetry.restarts, base.get("restarts", {}), reporting),
-            gpu_memory_bytes=dict(self._gpu_peak),
+            oom_events=counted["oom_events"],
+            restarts=counted["restarts"],
+            gpu_memory_bytes={
+                arm: peak
+                for (arm, version), peak in self._gpu_peak.items()
+                if version == self.versions.get(arm)
+            },
         )
 
     def step(self) -> list[dict[str, Any]]:
@@ -806,10 +838,6 @@ class RolloutSupervisor:
             gates=gates,
             worse=worse,
         )
-
-
-def _since(now: dict[str, int], base: dict[str, int], arms: set[str]) -> dict[str, int]:
-    return {arm: max(0, now.get(arm, 0) - base.get(arm, 0)) for arm in arms | set(now)}
 
 
 def _replica_memory(report: dict[str, Any]) -> float | None:

@@ -3,16 +3,20 @@ Windows from the telemetry module, the real judge. Restarting = building a new s
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import random
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from rollout.machine import ActionError
+from rollout.notify import Notifier
 from rollout.store import RolloutStore
 from rollout.store_worker import StoreWorker
 from rollout.supervisor import FeedbackError, RolloutSupervisor
@@ -293,6 +297,111 @@ def test_replicas_reporting_zero_ooms_are_evidence_and_one_oom_rolls_back(
     sup.report_replica("candidate", "candidate-1", {"oom_events": 1, "gpus": None})
     run(sup, clock, 2)
     assert sup.view()["stage"] == "rolled_back"
+
+
+def test_oom_counts_since_the_rollout_started_survive_a_controller_restart(
+    store_path: Path, clock: Clock
+) -> None:
+    """The OOM gate counts from the rollout's start, across restarts: a previous candidate's OOMs do not
+    hide the new one's, and a live replica's OOMs a previous controller counted are not counted again."""
+    gates = {"gpu_oom_events": {"maximum": 0}}
+    sup = supervisor(store_path, clock)
+    sup.configure(section(rollout_id="r0", promotion_gates=gates), VERSIONS)
+    sup.report_replica("stable", "s-1", {"oom_events": 0})
+    sup.report_replica("candidate", "c-old", {"oom_events": 3})
+    run(sup, clock, 2)
+    assert sup.view()["stage"] == "rolled_back"
+    sup.configure(section(rollout_id="r1", promotion_gates=gates), {**VERSIONS, "candidate": "fraud-v3"})
+    sup.report_replica("candidate", "c-old", {"oom_events": 3, "stopping": "shutdown"})
+    sup.report_replica("candidate", "c-new", {"oom_events": 0})
+    sup.report_replica("stable", "s-1", {"oom_events": 2})
+    run(sup, clock, 3)
+    assert sup.evidence().oom_events == {"stable": 2, "candidate": 0}
+    assert sup.view()["stage"] != "rolled_back"
+    sup.persist()
+
+    again = supervisor(store_path, clock)  # SIGKILL, restarted by Ray: its counters start at 0
+    assert again.evidence().oom_events == {"stable": 2}  # the candidate's replicas have not reported yet
+    for _ in range(3):  # the same replicas report their lifetime counts again
+        again.report_replica("stable", "s-1", {"oom_events": 2})
+        again.report_replica("candidate", "c-new", {"oom_events": 0})
+        run(again, clock, 1)
+    assert again.evidence().oom_events == {"stable": 2, "candidate": 0}
+    assert again.view()["stage"] != "rolled_back"
+    again.report_replica("candidate", "c-new", {"oom_events": 1})  # the new candidate's first OOM
+    run(again, clock, 2)
+    assert again.evidence().oom_events == {"stable": 2, "candidate": 1}
+    assert again.view()["stage"] == "rolled_back"
+
+
+def gpu_report(gib: float, version: str) -> dict[str, Any]:
+    used = int(gib * 2**30)
+    return {
+        "oom_events": 0,
+        "model_version": version,
+        "gpus": [{"index": 0, "memory_used_bytes": used, "process_memory_bytes": used}],
+    }
+
+
+def test_a_new_candidate_is_not_held_to_an_earlier_candidates_gpu_memory(
+    store_path: Path, clock: Clock
+) -> None:
+    gates = {"gpu_memory": {"maximum_regression_percent": 10}}
+    sup = supervisor(store_path, clock)
+    sup.configure(section(rollout_id="r0", promotion_gates=gates), VERSIONS)
+    sup.report_replica("stable", "s-1", gpu_report(1, "fraud-v1"))
+    sup.report_replica("candidate", "c-1", gpu_report(4, "fraud-v2"))
+    run(sup, clock, 2)
+    assert sup.view()["stage"] == "rolled_back"  # four times stable's memory
+
+    sup.configure(section(rollout_id="r1", promotion_gates=gates), {**VERSIONS, "candidate": "fraud-v3"})
+    sup.report_replica("candidate", "c-1", gpu_report(4, "fraud-v2"))  # the old replica, not yet stopped
+    sup.report_replica("stable", "s-1", gpu_report(1, "fraud-v1"))
+    sup.report_replica("candidate", "c-2", gpu_report(1, "fraud-v3"))
+    run(sup, clock, 3)
+    assert sup.evidence().gpu_memory_bytes == {"stable": 2**30, "candidate": 2**30}
+    assert sup.view()["stage"] != "rolled_back"
+
+
+def test_webhooks_subscribed_to_a_group_receive_the_controllers_events(
+    store_path: Path, clock: Clock
+) -> None:
+    """Through the supervisor as the controller wires it: `events: [rollback]` hears the rollback."""
+    received: dict[str, list[str]] = {}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        received.setdefault(request.url.path, []).append(json.loads(request.content)["kind"])
+        return httpx.Response(204)
+
+    async def main() -> None:
+        transport = httpx.MockTransport(handle)
+        sup = RolloutSupervisor(
+            "canary",
+            RolloutStore(store_path, clock=clock),
+            clock,
+            lambda hooks: Notifier(hooks, transport=transport) if hooks else None,
+        )
+        hooks = [
+            {"url": f"http://hooks.test/{g}", "events": [g]} for g in ("rollback", "promotion", "decision")
+        ]
+        sup.configure(section(webhooks=hooks), VERSIONS)
+        rng = random.Random(0)
+        for _ in range(60):
+            clock.now += 1
+            table = sup.table()
+            w = traffic(rng, table["candidate_weight"], table["shadow_percent"], 200, bad_tier="gold")
+            sup.ingest("ingress-1", w.to_dict(), 0)
+            sup.step()
+            await asyncio.sleep(0)  # the store's continuations run on the loop
+        assert sup.view()["stage"] == "rolled_back"
+        assert sup.notifier is not None
+        await sup.notifier.drain(5)
+        await sup.notifier.aclose()
+
+    asyncio.run(main())
+    assert received["/rollback"] == ["rolled_back"]
+    assert received["/decision"][-1] == "rolled_back" and "stage" in received["/decision"]
+    assert "stage" in received["/promotion"] and "rolled_back" not in received["/promotion"]
 
 
 def test_a_rollout_deployed_again_after_another_resumes_where_it_was(store_path: Path, clock: Clock) -> None:
