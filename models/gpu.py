@@ -64,7 +64,7 @@ class GpuMonitor:
             try:
                 self._nvml.nvmlInit()
                 self._handles = self._visible_handles(visible)
-            except self._nvml.NVMLError as exc:
+            except Exception as exc:  # NVMLError, or the library itself missing or too old
                 self.reason = f"NVML unavailable ({exc}): no NVIDIA GPU or driver on this machine"
         if not self._handles and self.reason is None:
             self.reason = "no GPU assigned to this replica (CUDA_VISIBLE_DEVICES is empty)"
@@ -104,20 +104,20 @@ class GpuMonitor:
             try:
                 memory = nvml.nvmlDeviceGetMemoryInfo(handle)
                 name = nvml.nvmlDeviceGetName(handle)
-            except nvml.NVMLError as exc:
+            except Exception as exc:  # NVMLError, or what pynvml raises besides (a driver too old)
                 self._once(f"mem{index}", f"NVML cannot read GPU {index} ({exc}); its numbers are absent")
                 continue
             utilization = None
             try:
                 utilization = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
-            except nvml.NVMLError as exc:
+            except Exception as exc:  # NVMLError, or what pynvml raises besides (a driver too old)
                 self._once(f"util{index}", f"NVML utilisation of GPU {index} unavailable ({exc})")
             process_memory = None
             try:
                 for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
                     if proc.pid == self._pid and proc.usedGpuMemory is not None:
                         process_memory = int(proc.usedGpuMemory)
-            except nvml.NVMLError as exc:
+            except Exception as exc:  # NVMLError, or what pynvml raises besides (a driver too old)
                 self._once(f"proc{index}", f"NVML per-process memory of GPU {index} unavailable ({exc})")
             samples.append(
                 GpuSample(

@@ -34,7 +34,9 @@ class FakeDevice:
     total: int = 80 * 2**30
     utilization: int = 37
     processes: dict[int, int | None] = field(default_factory=dict)  # pid -> used bytes
-    fail: dict[str, int] = field(default_factory=dict)  # function name -> NVML error code
+    # function name -> NVML error code, or an exception raised as it is (pynvml raises some that are no
+    # NVMLError, e.g. NVMLLibraryMismatchError on a driver older than the binding)
+    fail: dict[str, int | Exception] = field(default_factory=dict)
     uuid: str = "GPU-0000"
 
 
@@ -49,7 +51,8 @@ class FakeNVML:
 
     def _check(self, device: FakeDevice, call: str) -> None:
         if call in device.fail:
-            raise NVMLError(device.fail[call])
+            error = device.fail[call]
+            raise error if isinstance(error, Exception) else NVMLError(error)
 
     def nvmlInit(self) -> None:
         if self.init_error is not None:

@@ -2,6 +2,7 @@
 
 import logging
 
+import pynvml
 from fake_nvml import (
     NVML_ERROR_DRIVER_NOT_LOADED,
     NVML_ERROR_GPU_IS_LOST,
@@ -54,3 +55,18 @@ def test_failing_calls_leave_numbers_absent_not_zero_and_warn_once(caplog):
 def test_process_memory_absent_when_nvml_cannot_attribute_it():
     nvml = FakeNVML([FakeDevice(processes={7: None})])
     assert GpuMonitor(nvml, pid=7, visible_devices="0").sample()[0].process_memory_bytes is None
+
+
+def test_an_error_pynvml_raises_outside_nvmlerror_leaves_only_that_number_absent(caplog):
+    """nvidia-ml-py raises NVMLLibraryMismatchError (a plain Exception) when the driver's NVML lacks the
+    versioned function it calls: the replica must still report memory, and OOMs through `report()`."""
+    mismatch = pynvml.NVMLLibraryMismatchError("Unversioned function called and the pyNVML version ...")
+    assert not isinstance(mismatch, pynvml.NVMLError)
+    device = FakeDevice(fail={"processes": mismatch})
+    monitor = GpuMonitor(FakeNVML([device]), pid=1, visible_devices="0")
+    for _ in range(3):
+        (sample,) = monitor.sample()
+        assert sample.memory_used_bytes == device.used and sample.process_memory_bytes is None
+    assert len([r for r in caplog.records if "per-process memory" in r.message]) == 1
+    device.fail["memory"] = RuntimeError("driver gone")
+    assert monitor.sample() == []
