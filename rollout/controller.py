@@ -27,7 +27,7 @@ from rollout.report import build_report
 from rollout.store import Retention, RolloutStore
 from rollout.store_url import parse_store_location
 from rollout.store_worker import StoreWorker
-from rollout.supervisor import MAX_UNSTORED_WRITES, FeedbackError, RolloutSupervisor
+from rollout.supervisor import MAX_UNSTORED_WRITES, CheckAsk, FeedbackError, RolloutSupervisor
 
 NAMESPACE = "canary"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -169,11 +169,11 @@ class RolloutController:
             except Exception:  # one bad step must not stop the controller; it is logged and retried
                 logger.exception("rollout step failed")
 
-    async def _ask(self, core: RolloutSupervisor, stage_index: int, spec: Any) -> None:
+    async def _ask(self, core: RolloutSupervisor, ask: CheckAsk, spec: Any) -> None:
         try:
-            payload = {"app": self._app, "stage_index": stage_index, "rollout": core.view()["rollout_key"]}
+            payload = {"app": self._app, "stage_index": ask.stage_index, "rollout": ask.key}
             outcome, reason = await run_check(spec, payload)
-            core.checked(stage_index, outcome, reason)
+            core.checked(ask, outcome, reason)
         finally:
             self._checking = False
 

@@ -82,6 +82,10 @@ def without_secrets(section: dict[str, Any]) -> dict[str, Any]:
     return {**section, "rollout": {**section["rollout"], "store": {**store, **masked}}}
 
 
+CHECK_FRESH_S = 5.0
+"""A check's PASS lets the rollout promote for its time-out plus this long; then it is asked again."""
+
+
 def config_hash(section: dict[str, Any], versions: dict[str, str]) -> str:
     """Identifies a deployed config, so that N Ingress replicas reporting it count once."""
     text = json.dumps({"config": section, "versions": versions}, sort_keys=True, default=str)
@@ -99,12 +103,26 @@ class StoredIdentity:
     events: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class CheckAsk:
+    """Which visit to a stage an external check is asked about: its answer counts for that one only (not for
+    another rollout deployed meanwhile, nor for the same stage entered again after a pause)."""
+
+    key: str
+    stage_index: int
+    entered_at: float
+
+
 @dataclass
 class CheckState:
-    stage_index: int
+    ask: CheckAsk
     outcome: CheckOutcome
     reason: str
     at: float
+
+    @property
+    def stage_index(self) -> int:
+        return self.ask.stage_index
 
 
 class RolloutSupervisor:
@@ -578,9 +596,8 @@ class RolloutSupervisor:
                 max_values_per_label=self.config.segments.top_n + 2,  # the named values, "other", "unset"
             )
             self.judgement = judgement
-        check = (
-            self.check.outcome if self.check and self.check.stage_index == machine.state.stage_index else None
-        )
+        current = self._current_check(now)
+        check = current.outcome if current is not None else None
         if self.store_error is not None and not (judgement is not None and judgement.rollback):
             events: list[dict[str, Any]] = []  # frozen: no step on evidence that cannot be kept
         else:
@@ -595,25 +612,42 @@ class RolloutSupervisor:
             self.persist()
         return events
 
-    def wants_check(self) -> tuple[int, Any] | None:
-        """(stage index, check spec) when the stage's external check should be asked (again) now."""
+    def _asking(self) -> CheckAsk | None:
         machine = self.machine
-        if machine is None or not machine.wants_check(self.clock(), self.judgement, self.counts()):
+        if machine is None or machine.state.stage_index is None:
             return None
-        stage = machine.stage
-        assert stage is not None and stage.check is not None and machine.state.stage_index is not None
-        recent = self.check and self.check.stage_index == machine.state.stage_index
-        if recent and self.check is not None and self.clock() - self.check.at < stage.check.timeout_s + 5:
-            return None
-        return machine.state.stage_index, stage.check
+        state = machine.state
+        return CheckAsk(state.key, state.stage_index, state.stage_started_at)
 
-    def checked(self, stage_index: int, outcome: CheckOutcome, reason: str) -> None:
-        """Records an external check's answer; a change of answer becomes an event."""
+    def _current_check(self, now: float) -> CheckState | None:
+        """The external check's answer for this visit to this stage, while fresh: an answer older than the
+        check's time-out + 5 s is asked again before it lets the rollout promote."""
+        check, stage = self.check, self.machine.stage if self.machine else None
+        if check is None or stage is None or stage.check is None or check.ask != self._asking():
+            return None
+        return check if now - check.at <= stage.check.timeout_s + CHECK_FRESH_S else None
+
+    def wants_check(self) -> tuple[CheckAsk, Any] | None:
+        """(what is asked, check spec) when the stage's external check should be asked (again) now."""
+        machine, now = self.machine, self.clock()
+        if machine is None or not machine.wants_check(now, self.judgement, self.counts()):
+            return None
+        stage, ask = machine.stage, self._asking()
+        assert stage is not None and stage.check is not None and ask is not None
+        if self._current_check(now) is not None:
+            return None
+        return ask, stage.check
+
+    def checked(self, ask: CheckAsk, outcome: CheckOutcome, reason: str) -> None:
+        """Records an external check's answer to ``ask``; a change of answer becomes an event. An answer to a
+        question no longer asked (another rollout deployed, the stage left or entered again while it was on
+        its way) is logged and dropped."""
+        if ask != self._asking():
+            logger.info("external check answered %s for %s, no longer current; ignored", outcome.value, ask)
+            return
         previous = self.check
-        self.check = CheckState(stage_index, outcome, reason, self.clock())
-        if self.machine and (
-            previous is None or (previous.stage_index, previous.outcome) != (stage_index, outcome)
-        ):
+        self.check = CheckState(ask, outcome, reason, self.clock())
+        if self.machine and (previous is None or (previous.ask, previous.outcome) != (ask, outcome)):
             event = self._note(self.machine, "check", self.clock(), f"{outcome.value}: {reason}")
             event["actor"] = "external-check"
             self._record(self.machine, [event])

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from rollout.machine import ActionError
-from rollout.notify import Notifier
+from rollout.notify import CheckOutcome, Notifier
 from rollout.store import RolloutStore
 from rollout.store_worker import StoreWorker
 from rollout.supervisor import FeedbackError, RolloutSupervisor
@@ -402,6 +402,69 @@ def test_webhooks_subscribed_to_a_group_receive_the_controllers_events(
     assert received["/rollback"] == ["rolled_back"]
     assert received["/decision"][-1] == "rolled_back" and "stage" in received["/decision"]
     assert "stage" in received["/promotion"] and "rolled_back" not in received["/promotion"]
+
+
+CHECKED_STAGES = [
+    {"shadow_percent": 100, "min_duration_s": 5, "min_requests": 100},
+    {"weight": 25, "min_duration_s": 10, "min_requests": 100, "check": {"url": "https://ci.test/confirm"}},
+    {"weight": 100, "min_duration_s": 5, "min_requests": 100},
+]
+
+
+def run_asking(sup: RolloutSupervisor, clock: Clock, seconds: int, answer: CheckOutcome | None) -> list[Any]:
+    """`run`, with the controller's loop around the external check: ask when wanted, answer at once."""
+    asked, rng = [], random.Random(0)
+    for _ in range(seconds):
+        clock.now += 1
+        table = sup.table()
+        sup.ingest(
+            "ingress-1", traffic(rng, table["candidate_weight"], table["shadow_percent"], 200).to_dict(), 0
+        )
+        sup.step()
+        wanted = sup.wants_check()
+        if wanted is not None:
+            asked.append(wanted[0])
+            if answer is not None:
+                sup.checked(wanted[0], answer, "the check's answer")
+    return asked
+
+
+def test_an_external_checks_answer_counts_only_for_the_visit_it_was_asked_about(
+    store_path: Path, clock: Clock
+) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(rollout_id="r0", stages=CHECKED_STAGES), VERSIONS)
+    [late, *_] = run_asking(sup, clock, 40, answer=None)  # asked, no answer yet
+    assert (sup.view()["stage_index"], late.stage_index) == (1, 1)
+    # another rollout is deployed while r0's answer is on its way; r0's PASS must not promote r1
+    sup.configure(section(rollout_id="r1", stages=CHECKED_STAGES), {**VERSIONS, "candidate": "fraud-v3"})
+    sup.checked(late, CheckOutcome.PASS, "r0's late answer")
+    assert sup.check is None
+    asked = run_asking(sup, clock, 60, answer=CheckOutcome.FAIL)
+    assert asked and all(a.key == sup.view()["rollout_key"] for a in asked)
+    assert (sup.view()["stage"], sup.view()["stage_index"]) == ("canary", 1)
+
+    # a PASS, then a pause: resuming enters the stage again, and the check is asked again before promoting
+    sup.act("pause", "alice", "hold while we look")
+    sup.checked(asked[-1], CheckOutcome.PASS, "green now")  # answer to the earlier visit, arriving late
+    sup.act("resume", "alice", "looked")
+    again = run_asking(sup, clock, 15, answer=None)  # the stage's minimum duration again, then asked
+    assert sup.view()["stage_index"] == 1 and again and again[0] != asked[-1]
+    assert run_asking(sup, clock, 15, answer=CheckOutcome.PASS)
+    assert sup.view()["stage_index"] == 2
+
+
+def test_a_pass_older_than_the_checks_time_out_is_asked_again(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(stages=CHECKED_STAGES, promotion_gates={"error_rate": {"maximum": 0.01}}), VERSIONS)
+    run_asking(sup, clock, 30, answer=None)
+    assert sup.view()["stage_index"] == 1
+    ask = sup._asking()
+    assert ask is not None
+    clock.now -= 60  # the answer was given a minute ago (the stage's evidence was not yet enough)
+    sup.checked(ask, CheckOutcome.PASS, "an old answer")
+    clock.now += 60
+    assert sup.wants_check() is not None  # stale: asked again rather than promoting on it
 
 
 def test_a_rollout_deployed_again_after_another_resumes_where_it_was(store_path: Path, clock: Clock) -> None:
