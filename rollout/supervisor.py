@@ -613,10 +613,9 @@ class RolloutSupervisor:
         return events
 
     def _asking(self) -> CheckAsk | None:
-        machine = self.machine
-        if machine is None or machine.state.stage_index is None:
+        state = self.machine.state if self.machine is not None else None
+        if state is None or state.stage_index is None:
             return None
-        state = machine.state
         return CheckAsk(state.key, state.stage_index, state.stage_started_at)
 
     def _current_check(self, now: float) -> CheckState | None:
