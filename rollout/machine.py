@@ -33,7 +33,9 @@ class Phase(StrEnum):
 
 
 ACTIVE = frozenset({Phase.SHADOW, Phase.CANARY})
-JUDGED = ACTIVE | {Phase.AWAITING_APPROVAL}  # the candidate takes traffic and a FAIL still rolls back
+# the candidate may take traffic, so a FAIL still rolls back; only ACTIVE phases promote. A pause (an
+# operator's, or weights edited in the config) holds the rollout where it is; it does not stop guarding it.
+JUDGED = ACTIVE | {Phase.AWAITING_APPROVAL, Phase.PAUSED}
 FINISHED = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.AWAITING_REVIEW, Phase.CLOSED})
 
 
@@ -194,7 +196,7 @@ class RolloutMachine:
             return self._roll_back(
                 now, "controller", "gate FAIL: " + ", ".join(where[:8]), _evidence(judgement, failures=True)
             )
-        if state.phase is Phase.AWAITING_APPROVAL:
+        if state.phase not in ACTIVE:
             return []
         if not (judgement.promotable and self.minimums_met(now, counts)):
             return []
@@ -270,7 +272,7 @@ class RolloutMachine:
         if state.mode != "auto":
             raise ActionError(f"{action} needs mode auto; in manual mode edit the weights or use set-weight")
         if action == "pause":
-            if state.phase not in JUDGED | {Phase.PENDING}:
+            if state.phase not in ACTIVE | {Phase.AWAITING_APPROVAL, Phase.PENDING}:
                 raise ActionError(f"cannot pause while {state.phase.value}")
             paused_from: Phase = state.phase
             state.paused_from, state.phase = paused_from, Phase.PAUSED

@@ -137,7 +137,7 @@ def test_operator_pause_resume_set_weight_and_rollback() -> None:
     m.tick(20, PASS, Counts(0, 500))
     m.act("pause", 21, "alice", "investigating a ticket", Counts(10, 500))
     assert m.state.phase is Phase.PAUSED
-    assert m.tick(100, PASS, Counts(10**6, 500)) == []  # no automation while paused
+    assert m.tick(100, PASS, Counts(10**6, 500)) == []  # no promotion while paused
     m.act("set_weight", 101, "alice", "hold at 2%", Counts(), weight=2)
     assert (m.state.phase, m.state.candidate_weight) == (Phase.PAUSED, 2)
     events = m.act("resume", 102, "alice", "ticket closed", Counts(20, 500))
@@ -178,3 +178,21 @@ def test_manual_mode_follows_the_config() -> None:
     assert m.manual_weights(1, (50.0, 0.0), "config")[0]["weight"] == 50
     with pytest.raises(ActionError, match="manual mode"):
         m.act("pause", 2, "alice", "why", Counts())
+
+
+def test_a_paused_rollout_is_not_promoted_but_a_fail_still_rolls_it_back() -> None:
+    """An operator holding the candidate at a weight ("over the weekend") still has the gates guarding it."""
+    m = started()
+    m.tick(20, PASS, Counts(0, 500))
+    m.act("set_weight", 21, "alice", "hold at 25% over the weekend", Counts(10, 500), weight=25)
+    assert m.tick(500, PASS, Counts(10**6, 500)) == []
+    [event] = m.tick(501, judged(("all", Verdict.PASS), ("tier=gold", Verdict.FAIL)), Counts(10**6, 500))
+    assert (event["kind"], event["from"], event["actor"]) == ("rolled_back", "paused", "controller")
+    assert (m.state.phase, m.state.candidate_weight) == (Phase.ROLLED_BACK, 0)
+
+
+def test_pausing_twice_is_refused() -> None:
+    m = started()
+    m.act("pause", 1, "alice", "look", Counts())
+    with pytest.raises(ActionError, match="cannot pause while paused"):
+        m.act("pause", 2, "bob", "look again", Counts())
