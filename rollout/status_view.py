@@ -323,7 +323,7 @@ def _events(state: Mapping[str, Any], now: float) -> Table | None:
         table.add_row(
             Text(str(seq) if seq is not None else ""),
             Text(f"{duration(now - ts)} ago" if ts is not None else ""),
-            Text(kind, style="red" if kind == "rollback" else "green" if kind == "promotion" else ""),
+            Text(kind, style="red" if kind == "rolled_back" else "green" if kind == "promoted" else ""),
             Text(change),
             Text(" + ".join(traffic)),
             Text(_str(event.get("actor")) or ""),

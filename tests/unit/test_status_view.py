@@ -84,7 +84,7 @@ PROMOTED: dict[str, Any] = {
         gate("feedback_score", None, "PASS", "mean not lower", stable=interval(5000, 0.8123, 0.80, 0.82)),
     ],
     "worse": [],
-    "events": [event(9, "promotion", "100%", "promoted", 100, "all gates PASS at 100%")],
+    "events": [event(9, "promoted", "100%", "promoted", 100, "all gates PASS at 100%")],
     "config_error": None,
 }
 
@@ -104,7 +104,7 @@ ROLLED_BACK: dict[str, Any] = {
     "worse": ["tier=gold"],
     "events": [
         event(7, "transition", "1%", "5%", 5, "gates passed"),
-        event(8, "rollback", "5%", "rolled_back", 0, "error_rate FAIL in tier=gold"),
+        event(8, "rolled_back", "5%", "rolled_back", 0, "error_rate FAIL in tier=gold"),
     ],
 }
 
@@ -126,7 +126,7 @@ def test_a_promoted_rollout_shows_its_stage_arms_gates_and_events():
     assert lines_with(text, "candidate", "v2", "118,000", "0.35%", "38.0 ms")
     for name in ("latency_p95", "error_rate", "feedback_score"):
         assert lines_with(text, name, "all", "PASS"), name
-    assert lines_with(text, "promotion", "100% → promoted", "controller", "all gates PASS at 100%")
+    assert lines_with(text, "promoted", "100% → promoted", "controller", "all gates PASS at 100%")
     assert "config error" not in text
 
 
@@ -178,7 +178,7 @@ def test_a_rolled_back_rollout_shows_the_failing_segment_first_after_the_global_
     assert not lines_with(text, "tier=free") and not lines_with(text, "region=us")
     assert "2 passing or no-data segment rows not shown" in text
     assert lines_with(text, "candidate worse in", "tier=gold")
-    assert lines_with(text, "rollback", "5% → rolled_back", "error_rate FAIL in tier=gold")
+    assert lines_with(text, "rolled_back", "5% → rolled_back", "error_rate FAIL in tier=gold")
 
 
 def test_every_verdict_word_appears_in_the_gates_table():
