@@ -269,8 +269,9 @@ class RolloutController:
         s = core.telemetry
         s.expire(time.time())
         verdicts = core.gates()[0]
+        current = core.window if core.machine is not None else None
         return SnapshotCollector(
-            self._app, s.total, rollout, s.replica_reports(), s.per_arm(), verdicts
+            self._app, s.total, rollout, s.replica_reports(), s.per_arm(), verdicts, current
         ).render()
 
     async def feedback(self, request_id: str, metric: str, value: float) -> tuple[int, dict[str, Any]]:

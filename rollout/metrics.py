@@ -18,7 +18,7 @@ from serving.segments import ALL
 from serving.sketch import bucket_value
 from serving.telemetry import Window
 
-# Geometric bucket bounds, ratio 1.25, 0.5 ms .. ~60 s: histogram_quantile over them stays within ~12 % of
+# Geometric bucket bounds, ratio 1.25, 0.5 ms .. ~55 s: histogram_quantile over them stays within ~12 % of
 # the sketch's quantile, which itself is within 1 %.
 LATENCY_BUCKETS: tuple[float, ...] = tuple(0.0005 * 1.25**i for i in range(53))
 ARMS = ("stable", "candidate", "shadow")
@@ -48,8 +48,13 @@ class SnapshotCollector(Collector):
         replicas: list[dict[str, Any]],
         per_arm: dict[str, dict[str, int]],
         verdicts: list[dict[str, Any]] | None = None,
+        current: Window | None = None,
     ) -> None:
+        """``window``: everything since the controller started, for the counters and the histogram (they
+        must only grow); ``current``: the current rollout's, for the gauges (p95, means, agreement, PSI), so
+        they describe this candidate, not a blend of every candidate since start-up (``window`` if None)."""
         self.app, self.window, self.rollout, self.replicas = app, window, rollout, replicas
+        self.current = current if current is not None else window
         self.per_arm = per_arm  # {"oom_events": {arm: n}, "restarts": {arm: n}}, cumulative
         self.verdicts = verdicts or []
 
@@ -93,6 +98,10 @@ class SnapshotCollector(Collector):
                 requests.add_metric([*labels, outcome], n)
             if arm == "candidate":
                 fallbacks.add_metric(labels, st.fallbacks)
+            for name, stat in sorted(st.feedback.items()):
+                feedback.add_metric([*labels, name], stat.count)
+        for (arm, (label, value)), st in sorted(self.current.arms.items()):
+            labels = [app, arm, label, value]
             p95 = st.latency.quantile(0.95)
             if p95 is not None:
                 latency_p95.add_metric(labels, p95)
@@ -100,7 +109,6 @@ class SnapshotCollector(Collector):
                 if stat.mean is not None:
                     fields.add_metric([*labels, name], stat.mean)
             for name, stat in sorted(st.feedback.items()):
-                feedback.add_metric([*labels, name], stat.count)
                 if stat.mean is not None:
                     feedback_mean.add_metric([*labels, name], stat.mean)
         yield from (requests, fallbacks, latency_p95, fields, feedback, feedback_mean)
@@ -119,7 +127,7 @@ class SnapshotCollector(Collector):
         shadow = CounterMetricFamily(
             "canary_shadow", "Mirrored requests by result.", labels=["app", "result"]
         )
-        sh = w.shadow.get(ALL)
+        sh, now = w.shadow.get(ALL), self.current.shadow.get(ALL)
         agreement = GaugeMetricFamily(
             "canary_shadow_agreement_ratio",
             "Share of mirrored pairs with the same prediction.",
@@ -133,9 +141,9 @@ class SnapshotCollector(Collector):
         if sh is not None:
             for result in ("mirrored", "completed", "dropped", "timed_out", "failed"):
                 shadow.add_metric([app, result], getattr(sh, result))
-            if sh.psi() is not None:
-                psi.add_metric([app], sh.psi())  # type: ignore[arg-type]
-        for (label, value), s in sorted(w.shadow.items()):
+        if now is not None and now.psi() is not None:
+            psi.add_metric([app], now.psi())  # type: ignore[arg-type]
+        for (label, value), s in sorted(self.current.shadow.items()):
             if s.agreement_rate is not None:
                 agreement.add_metric([app, label, value], s.agreement_rate)
         yield from (shadow, agreement, psi)

@@ -1,11 +1,13 @@
 """The controller's bookkeeping without Ray or a clock: merging, OOM accumulation, restarts, /metrics."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from rollout.metrics import SnapshotCollector
 from rollout.state import STALE_AFTER_S, TelemetryState
+from serving.segments import ALL
 from serving.telemetry import Window
 
 STATUSES = ["ok", "error", "timeout", "overloaded", "contract"]
@@ -192,3 +194,22 @@ def test_a_report_that_arrives_after_its_replicas_last_one_is_ignored():
     state.report_replica("candidate", "new", {"oom_events": 0}, now=3 + 2 * STALE_AFTER_S)
     state.expire(now=3 + 2 * STALE_AFTER_S)
     assert state.restarts == {} and state.oom_events == {"candidate": 1}
+
+
+def test_metrics_counters_span_the_controllers_life_and_gauges_the_current_rollout():
+    """A previous, slow candidate must not colour the current one's p95 gauge; the counters only grow."""
+    earlier, current = Window(), Window()
+    for _ in range(100):
+        earlier.arm("candidate", ALL).record("ok", 0.100)
+        current.arm("candidate", ALL).record("ok", 0.010)
+    total = Window()
+    total.merge(earlier)
+    total.merge(current)
+    text = SnapshotCollector("canary", total, {}, [], {}, current=current).render().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    [p95] = [
+        s.value for s in families["canary_latency_p95_seconds"].samples if s.labels["arm"] == "candidate"
+    ]
+    assert p95 == pytest.approx(0.010, rel=0.02)
+    ok = [s.value for s in families["canary_requests"].samples if s.labels["outcome"] == "ok"]
+    assert ok == [200]
