@@ -91,6 +91,15 @@ class RolloutState:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def _weights(stage: StageSpec | None) -> tuple[float, float]:
+    """(candidate weight, shadow percent) that ``stage`` routes; none before the first stage."""
+    if stage is None:
+        return 0.0, 0.0
+    if stage.is_shadow:
+        return 0.0, stage.shadow_percent or 0.0
+    return stage.weight or 0.0, 0.0
+
+
 def _event(
     state: RolloutState,
     kind: str,
@@ -282,7 +291,11 @@ class RolloutMachine:
                 raise ActionError(f"only a paused rollout resumes; it is {state.phase.value}")
             index = state.stage_index or 0
             if state.paused_from is Phase.AWAITING_APPROVAL:
-                state.phase = Phase.AWAITING_APPROVAL
+                # back to waiting for approval on the weights of the stage before it (a set-weight in between
+                # is undone, as a resume into a stage undoes it)
+                state.phase, state.paused_from = Phase.AWAITING_APPROVAL, None
+                before = self.policy.stages[index - 1] if index > 0 else None
+                state.candidate_weight, state.shadow_percent = _weights(before)
                 return [_event(state, "resumed", now, Phase.PAUSED, actor, reason, self.stage)]
             return self._enter(index, now, counts, actor, reason, kind="resumed")
         if action == "promote":
@@ -353,14 +366,8 @@ class RolloutMachine:
         state.stage_index, state.stage_started_at = index, now
         state.stage_base_requests = counts.of(stage)
         state.paused_from = None
-        if stage.is_shadow:
-            state.phase, state.candidate_weight, state.shadow_percent = (
-                Phase.SHADOW,
-                0.0,
-                stage.shadow_percent or 0.0,
-            )
-        else:
-            state.phase, state.candidate_weight, state.shadow_percent = Phase.CANARY, stage.weight or 0.0, 0.0
+        state.phase = Phase.SHADOW if stage.is_shadow else Phase.CANARY
+        state.candidate_weight, state.shadow_percent = _weights(stage)
         return [_event(state, kind, now, source, actor, reason, stage, evidence)]
 
     def _roll_back(

@@ -121,6 +121,24 @@ def test_approval_granted_by_promote() -> None:
     assert events[0]["kind"] == "approved" and m.state.candidate_weight == 5 and m.state.phase is Phase.CANARY
 
 
+def test_resuming_into_an_awaited_approval_undoes_a_set_weight_in_between() -> None:
+    stages = [dict(s) for s in STAGES]
+    stages[2]["approval"] = True
+    m = started(policy(stages=stages))
+    m.tick(20, PASS, Counts(0, 500))
+    m.tick(40, PASS, Counts(500, 500))
+    assert (m.state.phase, m.state.candidate_weight) == (Phase.AWAITING_APPROVAL, 5)
+    m.act("set_weight", 41, "alice", "try 60 for a minute", Counts(), weight=60)
+    assert (m.state.phase, m.state.candidate_weight) == (Phase.PAUSED, 60)
+    [event] = m.act("resume", 42, "alice", "enough", Counts())
+    assert (event["kind"], event["to"], event["weight"]) == ("resumed", "awaiting_approval", 5)
+    assert (m.state.phase, m.state.candidate_weight, m.state.shadow_percent) == (
+        Phase.AWAITING_APPROVAL,
+        5,
+        0,
+    )
+
+
 def test_external_check_must_pass_before_promotion() -> None:
     stages = [dict(s) for s in STAGES]
     stages[0]["check"] = {"url": "http://127.0.0.1:9/confirm"}
