@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,11 +14,16 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 logger = logging.getLogger("ray.serve")
+
+# Deeper request bodies are refused: no request this service reads nests more than a few levels, and past a
+# few hundred the parser, pydantic and repr run out of Python's recursion limit (a 500 on a 2 kB body).
+MAX_JSON_DEPTH = 128
 
 app = FastAPI(title="canary-serve", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -130,20 +137,28 @@ async def read_body(request: Request, limit: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPProblem(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPProblem(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # the client's own doing, and nobody reads the answer: no trace, and not an error of ours
+        logger.debug("the client disconnected after %d bytes of its request body", size)
+        raise HTTPProblem(
+            499, "client_disconnected", "the client disconnected before its body ended"
+        ) from None
     return b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:
-    """Parses a JSON body; malformed or empty bodies become 400 naming where parsing failed."""
+    """Parses a JSON body; malformed, empty or unreadable bodies (nested deeper than `MAX_JSON_DEPTH`, an
+    integer past Python's digit limit) become 400 naming what failed."""
     if not body.strip():
         raise HTTPProblem(400, "malformed_json", "request body is empty; send a JSON object")
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except UnicodeDecodeError:
         raise HTTPProblem(400, "malformed_json", "request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -152,6 +167,66 @@ def parse_json(body: bytes) -> Any:
             "malformed_json",
             f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
         ) from None
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:  # the one other refusal of json.loads: an integer literal too long to convert
+        raise HTTPProblem(
+            400,
+            "malformed_json",
+            f"request body has a number of more than {sys.get_int_max_str_digits()} digits",
+        ) from None
+    # Fewer brackets than the limit cannot nest past it: only a body with many is walked.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise _too_deep()
+    return value
+
+
+def _too_deep() -> HTTPProblem:
+    return HTTPProblem(400, "malformed_json", f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in a decoded JSON value (without recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack and deepest <= MAX_JSON_DEPTH:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def render_json(content: Any) -> bytes:
+    """``content`` as `JSONResponse` renders it (strict JSON, UTF-8, compact); raises ``ValueError`` (NaN,
+    infinity, a lone surrogate), ``TypeError`` (a value JSON has no form for) or ``RecursionError``."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def unrenderable(content: Any, exc: BaseException) -> str:
+    """Why `render_json` refused ``content``, naming the first field at fault where one is found, e.g.
+    ``"score: nan is not valid JSON"``."""
+    stack: list[tuple[str, Any]] = [("", content)]
+    while stack:
+        path, node = stack.pop()
+        where = path or "(answer)"
+        if isinstance(node, float) and not math.isfinite(node):
+            return f"{where}: {node} is not valid JSON (strict JSON has no NaN or infinity)"
+        if isinstance(node, dict):
+            children: Any = node.items()
+        elif isinstance(node, list | tuple):
+            children = enumerate(node)
+        elif node is None or isinstance(node, str | int | float):
+            continue
+        else:
+            return f"{where}: a {type(node).__name__} has no JSON form"
+        stack.extend(
+            (f"{path}.{key}" if path else str(key), child) for key, child in reversed(list(children))
+        )
+    return f"(answer): cannot be sent as JSON: {type(exc).__name__}: {exc}"
 
 
 def controller_silent(exc: BaseException | None = None) -> JSONResponse:

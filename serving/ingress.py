@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import ActorDiedError, RayActorError
 from ray.serve.handle import DeploymentHandle
@@ -26,7 +26,17 @@ from rollout.policy import rollout_key
 from serving.config import IngressConfig, validate_section
 from serving.errors import InvalidConfigError
 from serving.fields import extract
-from serving.http import HotRoute, HTTPProblem, app, controller_silent, error_line, parse_json, read_body
+from serving.http import (
+    HotRoute,
+    HTTPProblem,
+    app,
+    controller_silent,
+    error_line,
+    parse_json,
+    read_body,
+    render_json,
+    unrenderable,
+)
 from serving.operator_routes import OperatorRoutes
 from serving.operators import RequestLog, check_request_id, feedback_conflict, parse_feedback
 from serving.routing import Arm, RoutingTable
@@ -84,6 +94,7 @@ class Outcome:
     output: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     latency_s: float = 0.0
+    body: bytes = b""  # an ok answer as sent: strict JSON, rendered once when it was checked
 
     @property
     def ok(self) -> bool:
@@ -185,6 +196,10 @@ class Ingress(OperatorRoutes):
         if self._controller is not None and key != self._rollout_key:
             await self._flush()  # what was served under the previous rollout is counted for it
         previous_key, self._rollout_key = self._rollout_key, key
+        if key != previous_key:
+            # The table followed was another rollout's: the controller's next table for this key applies even
+            # if it has a version seen before (a redeploy of the previous config gets its table back as is).
+            self._controller_table, self._seen_version = {}, -1
         previous = self._config
         self._config = config
         self._config_error = None
@@ -324,12 +339,20 @@ class Ingress(OperatorRoutes):
         if forced is None:
             self._log_request(outcome.arm.value, segments)
         answer_headers = {
-            "X-Model-Version": str(outcome.output["model_version"]),
+            "X-Model-Version": self._model_version(outcome),
             "X-Canary-Arm": outcome.arm.value,
         }
         if fallback_reason:
             answer_headers["X-Canary-Fallback"] = fallback_reason
-        return JSONResponse(outcome.output, headers=answer_headers)
+        return Response(outcome.body, headers=answer_headers, media_type="application/json")
+
+    def _model_version(self, outcome: Outcome) -> str:
+        """The answer's own ``model_version`` when it has one that can go in a header, else the version
+        deployed on the arm that answered (a contract need not require the field)."""
+        version = (outcome.output or {}).get("model_version")
+        if isinstance(version, str) and version and version.isascii() and version.isprintable():
+            return version
+        return self._versions[outcome.arm]
 
     async def _serve(
         self, arm: Arm, inputs: dict[str, Any], headers: dict[str, str], segments: list[Segment]
@@ -412,10 +435,17 @@ class Ingress(OperatorRoutes):
         ]
 
     def _checked(self, arm: Arm, output: Any, latency: float) -> Outcome:
+        """The contract's verdict on an answer; one that cannot be sent as strict JSON (NaN or infinity in a
+        field the contract does not check, a value JSON has no form for) breaks it too."""
         problems = self._contract.violations(output)
-        if problems:
-            return Outcome(arm, "contract", output if isinstance(output, dict) else None, problems, latency)
-        return Outcome(arm, "ok", output, latency_s=latency)
+        if not problems:
+            try:
+                body = render_json(output)
+            except (TypeError, ValueError, RecursionError) as exc:
+                problems = [unrenderable(output, exc)]
+            else:
+                return Outcome(arm, "ok", output, latency_s=latency, body=body)
+        return Outcome(arm, "contract", output if isinstance(output, dict) else None, problems, latency)
 
     async def _call(self, arm: Arm, inputs: dict[str, Any], headers: dict[str, str]) -> Outcome:
         timeout = getattr(self._config.rollout.timeouts_s, arm.value)
@@ -637,11 +667,12 @@ class Ingress(OperatorRoutes):
                 return JSONResponse(answer)
             if self._controller is None:
                 raise HTTPProblem(404, "unknown_request_id", f"unknown request_id {request_id!r}")
+        except HTTPProblem as problem:
+            return problem.response()
+        try:
             status, answer = await asyncio.wait_for(
                 self._controller.feedback.remote(request_id, metric, value), 10
             )
-            return JSONResponse(answer, status_code=status)
-        except HTTPProblem as problem:
-            return problem.response()
         except Exception as exc:  # no answer in time, or the controller is restarting
             return controller_silent(exc)
+        return JSONResponse(answer, status_code=status)

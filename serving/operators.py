@@ -167,21 +167,36 @@ def _require(body: Any, name: str, kind: type | tuple[type, ...], what: str) -> 
     return value
 
 
+def _number_in(body: Any, name: str, low: float, high: float, what: str) -> float:
+    """A JSON number in [low, high] as a float; 422 naming the field for any other, however large (an
+    integer past a float's range cannot be converted, so it is out of range, not an error of ours)."""
+    value = _require(body, name, (int, float), what)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.nan
+    if not (math.isfinite(number) and low <= number <= high):
+        if isinstance(value, float) or abs(value) < 10**15:
+            shown = repr(value)
+        else:  # a long integer is named by its size, not spelled out
+            shown = f"{number:.3g}" if math.isfinite(number) else "an integer too large for a float"
+        raise HTTPProblem(
+            422, "invalid_input", [{"field": name, "message": f"must be in [{low:g}, {high:g}], got {shown}"}]
+        )
+    return number
+
+
 def parse_feedback(body: Any) -> tuple[str, str, float]:
     """``{request_id, metric, value}`` → a tuple, or 422 naming the field."""
     request_id = _require(body, "request_id", str, "the X-Request-Id of the answer")
     metric = _require(body, "metric", str, "a feedback metric name, e.g. human_review_score")
-    value = _require(body, "value", (int, float), "a number in [0, 1]")
+    value = _number_in(body, "value", 0, 1, "a number in [0, 1]")
     if not request_id.strip() or len(request_id) > 256:
         raise HTTPProblem(422, "invalid_input", [{"field": "request_id", "message": "1–256 characters"}])
-    if not math.isfinite(value) or not 0 <= value <= 1:
-        raise HTTPProblem(
-            422, "invalid_input", [{"field": "value", "message": f"must be in [0, 1], got {value!r}"}]
-        )
     unknown = sorted(set(body) - {"request_id", "metric", "value"})
     if unknown:
         raise HTTPProblem(422, "invalid_input", [{"field": unknown[0], "message": "unknown field"}])
-    return request_id, metric, float(value)
+    return request_id, metric, value
 
 
 def parse_action(action: str, body: Any) -> tuple[str, str, float | None]:
@@ -197,9 +212,5 @@ def parse_action(action: str, body: Any) -> tuple[str, str, float | None]:
         )
     weight = None
     if action == "set-weight":
-        weight = float(_require(body, "weight", (int, float), "a percent in [0, 100]"))
-        if not 0 <= weight <= 100:
-            raise HTTPProblem(
-                422, "invalid_input", [{"field": "weight", "message": f"must be in [0, 100], got {weight:g}"}]
-            )
+        weight = _number_in(body, "weight", 0, 100, "a percent in [0, 100]")
     return actor, reason, weight

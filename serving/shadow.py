@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from serving.segments import ALL, Segment
-from serving.telemetry import Window
+from serving.telemetry import PairComparison, Window
 
 logger = logging.getLogger("ray.serve")
 
@@ -118,12 +118,21 @@ class ShadowMirror:
         result: str,
         pair: tuple[dict[str, Any], dict[str, Any]] | None = None,
     ) -> None:
-        """Counts one mirror with its result (and its pair of valid answers) in the window current now."""
+        """Counts one mirror with its result (and its pair of valid answers) in the window current now.
+
+        The pair is compared before any cell is touched, so answers the comparison cannot read leave the
+        mirror counted (not compared) in every cell, never in some and again as ``failed``."""
+        comparison = None
+        if pair is not None:
+            try:
+                comparison = PairComparison.of(*pair)
+            except Exception:
+                logger.debug("shadow comparison failed", exc_info=True)
         for cell in [self.window.shadow_in(ALL)] + [self.window.shadow_in(s) for s in segments]:
             cell.mirrored += 1
             setattr(cell, result, getattr(cell, result) + 1)
-            if pair is not None:
-                cell.compare(*pair)
+            if comparison is not None:
+                cell.add(comparison)
 
     async def _outcomes(self, batch: list[_Mirrored]) -> list[CallOutcome | None]:
         try:
@@ -148,7 +157,10 @@ class ShadowMirror:
                 if outcome is None:
                     self._count(mirrored.segments, "failed")
                 else:
-                    self._record_answer("shadow", outcome, mirrored.segments)
+                    try:
+                        self._record_answer("shadow", outcome, mirrored.segments)
+                    except Exception:  # an answer its fields cannot be read from: the mirror still counts
+                        logger.debug("recording a shadow answer failed", exc_info=True)
                     pair = None
                     if outcome.status == "ok" and stable is not None and stable.status == "ok":
                         pair = (stable.output or {}, outcome.output or {})

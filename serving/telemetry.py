@@ -110,6 +110,35 @@ class ArmStats:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class PairComparison:
+    """One pair of valid answers, compared: whether the predictions agree and, when both answers carry a
+    confidence (a finite number in [0, 1]), the two confidences."""
+
+    agreed: bool
+    confidences: tuple[float, float] | None = None
+
+    @classmethod
+    def of(cls, stable: dict[str, Any], candidate: dict[str, Any]) -> PairComparison:
+        """Compares two answers; a contract need not require ``confidence``, so only ``prediction`` always
+        counts.
+
+        Example:
+            >>> PairComparison.of({"prediction": "yes"}, {"prediction": "yes", "confidence": 0.7})
+            PairComparison(agreed=True, confidences=None)
+        """
+        agreed = bool(stable.get("prediction") == candidate.get("prediction"))
+        a, b = _confidence(stable), _confidence(candidate)
+        return cls(agreed, (a, b) if a is not None and b is not None else None)
+
+
+def _confidence(answer: dict[str, Any]) -> float | None:
+    value = answer.get("confidence")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+        return None  # absent, not a number, NaN (which compares false) or not a probability
+    return float(value)
+
+
 @dataclass
 class ShadowStats:
     """Mirrored pairs in one segment. Invariant: mirrored = completed + dropped + timed_out + failed."""
@@ -121,6 +150,7 @@ class ShadowStats:
     failed: int = 0
     compared: int = 0  # completed pairs where both answers kept the contract
     agreed: int = 0
+    # Over the compared pairs where both answers carry a confidence (their count is the histogram's sum).
     confidence_diff: list[int] = field(default_factory=lambda: [0] * (DIFF_BINS + 1))
     confidence_diff_total: float = 0.0
     confidence_stable: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
@@ -128,14 +158,24 @@ class ShadowStats:
 
     def compare(self, stable: dict[str, Any], candidate: dict[str, Any]) -> None:
         """Records one pair of valid answers."""
+        self.add(PairComparison.of(stable, candidate))
+
+    def add(self, pair: PairComparison) -> None:
+        """Records one compared pair (counting only: it cannot fail half-way)."""
         self.compared += 1
-        self.agreed += stable.get("prediction") == candidate.get("prediction")
-        a, b = float(stable["confidence"]), float(candidate["confidence"])
-        diff = abs(a - b)
-        self.confidence_diff[min(DIFF_BINS, round(diff * DIFF_BINS))] += 1
-        self.confidence_diff_total += diff
-        self.confidence_stable[_confidence_bin(a)] += 1
-        self.confidence_candidate[_confidence_bin(b)] += 1
+        self.agreed += pair.agreed
+        if pair.confidences is not None:
+            a, b = pair.confidences
+            diff = abs(a - b)
+            self.confidence_diff[min(DIFF_BINS, round(diff * DIFF_BINS))] += 1
+            self.confidence_diff_total += diff
+            self.confidence_stable[_confidence_bin(a)] += 1
+            self.confidence_candidate[_confidence_bin(b)] += 1
+
+    @property
+    def confidence_pairs(self) -> int:
+        """Compared pairs where both answers carried a confidence."""
+        return sum(self.confidence_diff)
 
     def merge(self, other: ShadowStats) -> None:
         for name in ("mirrored", "completed", "dropped", "timed_out", "failed", "compared", "agreed"):
@@ -154,9 +194,10 @@ class ShadowStats:
         return self.agreed / self.compared if self.compared else None
 
     def confidence_diff_quantile(self, q: float) -> float | None:
-        if not self.compared:
+        pairs = self.confidence_pairs
+        if not pairs:
             return None
-        rank, seen = q * (self.compared - 1), 0
+        rank, seen = q * (pairs - 1), 0
         for i, n in enumerate(self.confidence_diff):
             seen += n
             if seen > rank:
@@ -169,6 +210,7 @@ class ShadowStats:
         return population_stability_index(self.confidence_stable, self.confidence_candidate)
 
     def summary(self) -> dict[str, Any]:
+        pairs = self.confidence_pairs
         return {
             "mirrored": self.mirrored,
             "completed": self.completed,
@@ -177,7 +219,7 @@ class ShadowStats:
             "failed": self.failed,
             "compared": self.compared,
             "agreement_rate": self.agreement_rate,
-            "confidence_diff_mean": self.confidence_diff_total / self.compared if self.compared else None,
+            "confidence_diff_mean": self.confidence_diff_total / pairs if pairs else None,
             "confidence_diff_p95": self.confidence_diff_quantile(0.95),
             "confidence_psi": self.psi(),
         }

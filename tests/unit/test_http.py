@@ -1,10 +1,16 @@
 """Body limits, JSON parsing and the hot route of the Ingress, through a real Starlette app (no Ray)."""
 
+import asyncio
+import functools
+import json
+import logging
+
+import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from serving.http import HotRoute, HTTPProblem, parse_json, read_body, route_path
+from serving.http import MAX_JSON_DEPTH, HotRoute, HTTPProblem, parse_json, read_body, route_path
 
 
 def make_client(limit: int) -> TestClient:
@@ -127,3 +133,53 @@ def test_serve_names_the_hot_routes_requests_after_the_apps_routes():
     scope = {"type": "http", "method": "POST", "path": "/app/predict", "root_path": "/app", "headers": []}
     assert get_asgi_route_name(hot, scope) == "/app/predict"
     assert {p.path for p in extract_route_patterns(hot)} >= {"/predict", "/other"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 20_000 + b"]" * 20_000,  # deeper than the parser's recursion
+        b'{"features": ' + b"[" * 990 + b"]" * 990 + b"}",  # parses, then breaks pydantic or repr
+        b'{"a": ' + b'{"a": ' * MAX_JSON_DEPTH + b"1" + b"}" * (MAX_JSON_DEPTH + 1),
+        b'{"features": [' + b"1" * 5_000 + b"]}",  # an integer over Python's 4,300 digits
+    ],
+    ids=["20000-deep", "990-deep-in-features", "one-past-the-limit", "5000-digit-integer"],
+)
+def test_small_hostile_json_bodies_are_400_malformed_json_without_a_trace(body, caplog):
+    response = make_client(limit=100_000).post("/echo", content=body)
+    assert response.status_code == 400 and response.json()["error"] == "malformed_json"
+    assert "sys.set_int_max_str_digits" not in response.text  # advice for the server, not the client
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_json_nested_to_the_limit_or_with_many_shallow_brackets_passes():
+    deep = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    assert parse_json(deep) == functools.reduce(lambda inner, _: [inner], range(MAX_JSON_DEPTH - 1), [])
+    wide = b"[" + b",".join([b"[[]]"] * 1_000) + b"]"
+    assert len(parse_json(wide)) == 1_000
+
+
+def test_a_client_that_disconnects_mid_body_is_answered_499_and_logged_quietly(caplog):
+    async def handler(request: Request) -> JSONResponse:
+        try:
+            await read_body(request, 1_000)
+        except HTTPProblem as problem:
+            return problem.response()
+        return JSONResponse({})
+
+    messages = iter(
+        [{"type": "http.request", "body": b'{"features": [', "more_body": True}, {"type": "http.disconnect"}]
+    )
+    sent: list[dict] = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "headers": []}
+    asyncio.run(HotRoute(FastAPI(), "POST", "/predict", handler)(scope, receive, send))
+    assert sent[0]["status"] == 499
+    assert json.loads(sent[1]["body"])["error"] == "client_disconnected"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -1,6 +1,7 @@
 """The shadow mirror in isolation: coalesced, fire-and-forget, capped, counted, never raising."""
 
 import asyncio
+import logging
 import random
 from dataclasses import dataclass
 
@@ -204,3 +205,66 @@ def test_drain_waits_for_a_mirror_that_ends_within_its_time_out():
 
     cancelled, stats = asyncio.run(scenario())
     assert cancelled == 0 and stats.mirrored == stats.completed == 1 and stats.agreed == 0
+
+
+class _Unequal:
+    """A prediction no comparison can read: comparing it raises."""
+
+    def __eq__(self, other):
+        raise ValueError("the truth value of an array is ambiguous")
+
+    __hash__ = None
+
+
+def _balanced(window, segments):
+    for segment in segments:
+        s = window.shadow_in(segment)
+        assert s.mirrored == s.completed + s.dropped + s.timed_out + s.failed, segment
+    return [window.shadow_in(segment) for segment in segments]
+
+
+def test_answers_without_a_numeric_confidence_are_compared_for_agreement_only(caplog):
+    # a custom contract (LLM / RAG) that does not require `confidence`
+    answers = {
+        "plain": FakeOutcome("ok", {"prediction": "yes", "model_version": "v2"}),
+        "text": FakeOutcome("ok", {"prediction": "no", "confidence": "high"}),
+        "nan": FakeOutcome("ok", {"prediction": "yes", "confidence": float("nan")}),
+        "huge": FakeOutcome("ok", {"prediction": "yes", "confidence": 10**400}),
+    }
+
+    async def send(items):
+        return [answers[inputs["kind"]] for inputs, _ in items]
+
+    async def scenario():
+        mirror, window, _ = make_mirror(FakeCandidate(), batch_size=4)
+        mirror._send_batch = send
+        for kind in answers:
+            mirror.mirror({"kind": kind}, {}, resolved(), [("tenant", "acme")])
+        await mirror.drain(5)
+        return window
+
+    window = asyncio.run(scenario())
+    for s in _balanced(window, [ALL, ("tenant", "acme")]):
+        assert (s.mirrored, s.completed, s.failed, s.compared, s.agreed) == (4, 4, 0, 4, 0)
+        assert s.summary()["confidence_diff_mean"] is None and s.summary()["confidence_psi"] is None
+    assert "never retrieved" not in caplog.text
+
+
+def test_a_comparison_that_raises_counts_each_mirror_once_and_logs_no_error(caplog):
+    async def send(items):
+        return [FakeOutcome("ok", {"prediction": _Unequal(), "confidence": 0.5}) for _ in items]
+
+    async def scenario():
+        mirror, window, answers = make_mirror(FakeCandidate(), batch_size=3)
+        mirror._send_batch = send
+        for _ in range(3):
+            mirror.mirror({}, {}, resolved(), [("tenant", "acme"), ("tier", "gold")])
+        await mirror.drain(5)
+        await asyncio.sleep(0)
+        return window, answers
+
+    window, answers = asyncio.run(scenario())
+    for s in _balanced(window, [ALL, ("tenant", "acme"), ("tier", "gold")]):
+        assert (s.mirrored, s.completed, s.failed, s.compared) == (3, 3, 0, 0)
+    assert len(answers) == 3
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

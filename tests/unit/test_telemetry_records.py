@@ -98,3 +98,35 @@ def test_shadow_comparison_agreement_confidence_difference_and_shift():
 def test_psi_is_zero_for_identical_distributions_and_none_without_data():
     assert population_stability_index([5, 10, 5], [10, 20, 10]) == pytest.approx(0.0)
     assert population_stability_index([0, 0], [1, 2]) is None
+
+
+def test_agreement_is_compared_always_and_confidence_only_when_both_are_numbers_in_0_1():
+    shadow = ShadowStats()
+    shadow.compare({"prediction": "a", "confidence": 0.9}, {"prediction": "a", "confidence": 0.7})
+    for stable_confidence, candidate_confidence in [
+        (None, 0.5),  # absent on one side
+        ("high", 0.5),
+        (float("nan"), 0.5),
+        (0.5, float("inf")),
+        (True, 0.5),
+        (10**400, 0.5),  # too large for a float
+        (0.5, 3.0),  # outside [0, 1]: not a probability
+    ]:
+        stable = (
+            {"prediction": "a"}
+            if stable_confidence is None
+            else {"prediction": "a", "confidence": stable_confidence}
+        )
+        shadow.compare(stable, {"prediction": "b", "confidence": candidate_confidence})
+    summary = shadow.summary()
+    assert summary["compared"] == 8 and summary["agreement_rate"] == pytest.approx(1 / 8)
+    assert summary["confidence_diff_mean"] == pytest.approx(0.2)  # over the one pair with both
+    assert summary["confidence_diff_p95"] == pytest.approx(0.2)
+    restored = Window.from_dict(_window_with(shadow).to_dict()).shadow_in(ALL)
+    assert restored.summary() == summary
+
+
+def _window_with(shadow: ShadowStats) -> Window:
+    window = Window()
+    window.shadow[ALL] = shadow
+    return window
