@@ -7,10 +7,13 @@ one ``serve deploy`` changes both, and an invalid policy is refused before it re
 
 from __future__ import annotations
 
+import difflib
 import itertools
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from rollout.judge import GateSpec
 from rollout.notify import CheckSpec, WebhookSpec
@@ -22,6 +25,49 @@ from rollout.store_url import redact as redact_store_url
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class KeyProblem:
+    """One invalid key found by a validator that sees more than that key (a gate's name, rule and threshold;
+    a name defined in another section), so that the error is reported under the key itself.
+
+    Attributes:
+        loc: where the key is, below the model whose validator found it, e.g. ``("promotion_gates", "p95")``.
+        problem: what is wrong, e.g. "unknown gate 'p95'".
+        expected: what the key takes, e.g. "one of ['latency_p95_ms', ...]".
+        got: the value given, when there is one worth quoting.
+    """
+
+    loc: tuple[str, ...]
+    problem: str
+    expected: str = ""
+    got: object = None
+
+    def under(self, *parents: str) -> KeyProblem:
+        return replace(self, loc=(*parents, *self.loc))
+
+    def __str__(self) -> str:
+        got = f" (got {self.got!r})" if self.got is not None else ""
+        expected = f"; expected {self.expected}" if self.expected else ""
+        return f"{'.'.join(self.loc)}: {self.problem}{got}{expected}"
+
+
+KEY_PROBLEMS = "key_problems"
+
+
+def key_problems_error(problems: list[KeyProblem]) -> PydanticCustomError:
+    """A ValueError that pydantic reports at the validator's location; `serving.config.validate_section`
+    turns it into one error per `KeyProblem`, each under its own key."""
+    return PydanticCustomError(
+        KEY_PROBLEMS, "{summary}", {"summary": "; ".join(map(str, problems)), "problems": tuple(problems)}
+    )
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``" (did you mean 'x'?)"`` naming the closest of ``choices`` to a misspelt ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class StageSpec(_Strict):
@@ -241,19 +287,16 @@ class RolloutPolicy(_Strict):
     @field_validator("promotion_gates")
     @classmethod
     def _gate_shapes(cls, gates: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        for name, rules in gates.items():
-            if len(rules) != 1:
-                raise ValueError(
-                    f"promotion_gates.{name}: give exactly one rule, got {sorted(rules) or 'none'}"
-                )
-            ((rule, threshold),) = rules.items()
-            builtin = _BUILTIN_GATES.get(name)
-            allowed = builtin[1] if builtin else _MEAN_RULES
-            if rule not in allowed:
-                raise ValueError(
-                    f"promotion_gates.{name}: unknown rule {rule!r}; expected one of {list(allowed)}"
-                )
-            _check_threshold(name, rule, float(threshold))
+        # Only built-in gates here: any other name is a field or a feedback metric, known once `fields:` is
+        # (`gate_problems`), so that a misspelt built-in name is reported as an unknown gate, not a bad rule.
+        problems = [
+            problem
+            for name, rules in gates.items()
+            if name in _BUILTIN_GATES
+            and (problem := _rule_problem(name, rules, _BUILTIN_GATES[name][1])) is not None
+        ]
+        if problems:
+            raise key_problems_error(problems)
         return gates
 
     def check_auto(self) -> None:
@@ -286,9 +329,32 @@ class RolloutPolicy(_Strict):
                 "stages: 100% comes only after at least one canary stage below 100, e.g. weight 5"
             )
 
+    def gate_problems(self, fields: tuple[str, ...] = ()) -> list[KeyProblem]:
+        """What is wrong with the gates that are not built in, given the answer fields' names: names that are
+        neither a field nor a feedback metric (with the closest valid name), and their rules."""
+        known = [*KNOWN_GATES, *fields, *self.feedback_metrics]
+        problems = []
+        for name, rules in self.promotion_gates.items():
+            if name in _BUILTIN_GATES:
+                continue
+            if name not in known:
+                problems.append(
+                    KeyProblem(
+                        ("promotion_gates", name),
+                        f"unknown gate {name!r}{did_you_mean(name, known)}",
+                        f"one of {known} (built-in gates, names in `fields:` and `feedback_metrics:`)",
+                    )
+                )
+            elif (problem := _rule_problem(name, rules, _MEAN_RULES)) is not None:
+                problems.append(problem.under("promotion_gates"))
+        return problems
+
     def gate_specs(self, fields: tuple[str, ...] = ()) -> tuple[GateSpec, ...]:
-        """The judge's view of `promotion_gates`; names that are neither built in, fields nor feedback
-        metrics raise ValueError."""
+        """The judge's view of `promotion_gates`; raises ValueError (a `key_problems_error`) naming every gate
+        that is neither built in, a field nor a feedback metric."""
+        problems = self.gate_problems(fields)
+        if problems:
+            raise key_problems_error(problems)
         specs = []
         for name, rules in self.promotion_gates.items():
             ((rule, threshold),) = rules.items()
@@ -299,28 +365,38 @@ class RolloutPolicy(_Strict):
                 specs.append(GateSpec(name, metric, judge_rule, float(threshold), quantile))  # type: ignore[arg-type]
             elif name in self.feedback_metrics:
                 specs.append(GateSpec(name, "feedback", rule, float(threshold), key=name))  # type: ignore[arg-type]
-            elif name in fields:
-                specs.append(GateSpec(name, "field", rule, float(threshold), key=name))  # type: ignore[arg-type]
             else:
-                raise ValueError(
-                    f"promotion_gates.{name}: unknown gate; expected one of {list(KNOWN_GATES)}, a field "
-                    f"name from `fields:` {list(fields)} or a feedback metric {list(self.feedback_metrics)}"
-                )
+                specs.append(GateSpec(name, "field", rule, float(threshold), key=name))  # type: ignore[arg-type]
         return tuple(specs)
 
 
-def _check_threshold(name: str, rule: str, value: float) -> None:
-    where = f"promotion_gates.{name}.{rule}"
+def _rule_problem(name: str, rules: dict[str, float], allowed: tuple[str, ...]) -> KeyProblem | None:
+    """What is wrong with a gate's ``{rule: threshold}``, given the rules its name takes (None: nothing)."""
+    if len(rules) != 1:
+        return KeyProblem(
+            (name,), f"give exactly one rule, got {sorted(rules) or 'none'}", f"one of {list(allowed)}"
+        )
+    ((rule, threshold),) = rules.items()
+    if rule not in allowed:
+        return KeyProblem(
+            (name, rule), f"unknown rule {rule!r}{did_you_mean(rule, allowed)}", f"one of {list(allowed)}"
+        )
+    problem = _threshold_problem(name, rule, float(threshold))
+    return KeyProblem((name, rule), problem, got=threshold) if problem else None
+
+
+def _threshold_problem(name: str, rule: str, value: float) -> str | None:
     if value != value:  # NaN
-        raise ValueError(f"{where}: a number is needed, got NaN")
+        return "a number is needed"
     if rule == "maximum_regression_percent" and not 0 <= value <= 1000:
-        raise ValueError(f"{where}: a percent in [0, 1000] is needed, got {value:g}")
+        return "a percent in [0, 1000] is needed"
     if name in _RATE_GATES and not 0 <= value <= 1:
-        raise ValueError(f"{where}: a rate in [0, 1] is needed (0.01 = 1%), got {value:g}")
+        return "a rate in [0, 1] is needed (0.01 = 1%)"
     if name in ("gpu_oom_events", "replica_restarts") and (value < 0 or value != int(value)):
-        raise ValueError(f"{where}: a whole count ≥ 0 is needed, got {value:g}")
+        return "a whole count ≥ 0 is needed"
     if rule in ("maximum", "maximum_bytes") and name.startswith(("latency", "gpu_memory")) and value <= 0:
-        raise ValueError(f"{where}: a positive ceiling is needed, got {value:g}")
+        return "a positive ceiling is needed"
+    return None
 
 
 def rollout_key(app: str, rollout_id: str | None, versions: dict[str, Any]) -> str:

@@ -11,9 +11,10 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.faults import FaultConfig
-from rollout.policy import RolloutPolicy
+from rollout.policy import KeyProblem, RolloutPolicy, did_you_mean, key_problems_error
+from serving.config_messages import booleans_for_numbers, config_errors
 from serving.contract import ContractSection
-from serving.errors import ConfigError, InvalidConfigError
+from serving.errors import InvalidConfigError
 from serving.fields import FieldSpec
 from serving.segments import SegmentsSection
 
@@ -137,13 +138,21 @@ class IngressConfig(_Strict):
     @model_validator(mode="after")
     def _policy_names(self) -> IngressConfig:
         """Gate and segment names refer to `fields:` and `segments:`, so they are checked here."""
-        self.rollout.gate_specs(tuple(f.name for f in self.fields))
+        problems = [
+            p.under("rollout") for p in self.rollout.gate_problems(tuple(f.name for f in self.fields))
+        ]
         labels = [*self.segments.labels, *(["size"] if self.segments.size else [])]
         unknown = sorted(set(self.rollout.judge_segments or ()) - set(labels))
         if unknown:
-            raise ValueError(
-                f"rollout.judge_segments: {unknown} are not segment labels; expected some of {labels}"
+            problems.append(
+                KeyProblem(
+                    ("rollout", "judge_segments"),
+                    f"{unknown} are not segment labels{did_you_mean(unknown[0], labels)}",
+                    f"some of {labels}",
+                )
             )
+        if problems:
+            raise key_problems_error(problems)
         return self
 
 
@@ -186,19 +195,6 @@ class AppArgs(_Strict):
     candidate: ArmArgs = Field(description="the model being rolled out")
 
 
-def _field_description(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
-    current: Any = model
-    description = ""
-    for part in loc:
-        fields = getattr(current, "model_fields", None)
-        if not isinstance(part, str) or fields is None or part not in fields:
-            break
-        info = fields[part]
-        description = info.description or ""
-        current = info.annotation
-    return description
-
-
 def validate_section(model: type[ModelT], data: Any, *, source: str, prefix: str = "") -> ModelT:
     """Validates ``data`` against ``model``; raises `InvalidConfigError` naming every bad key.
 
@@ -209,31 +205,11 @@ def validate_section(model: type[ModelT], data: Any, *, source: str, prefix: str
         serving.errors.InvalidConfigError: invalid user_config:
           - `rollout.candidate_weight`: Input should be less than or equal to 100 (got 120); expected ...
     """
+    booleans = booleans_for_numbers(model, data)
     try:
-        return model.model_validate(data if data is not None else {})
+        parsed = model.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        errors = []
-        for err in exc.errors(include_url=False):
-            loc = tuple(err["loc"])
-            key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(root)"
-            problem = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                problem = "unknown key"
-                expected = f"one of {sorted(_allowed_keys(model, loc[:-1]))}"
-            else:
-                expected = _field_description(model, loc)
-            got = err.get("input") if err["type"] != "missing" else None
-            if isinstance(got, dict):
-                got = None
-            errors.append(ConfigError(key, problem, expected, got))
-        raise InvalidConfigError(source, errors) from None
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    current: Any = model
-    for part in loc:
-        fields = getattr(current, "model_fields", {})
-        if not isinstance(part, str) or part not in fields:
-            return []
-        current = fields[part].annotation
-    return list(getattr(current, "model_fields", {}))
+        raise InvalidConfigError(source, config_errors(model, exc, booleans, prefix)) from None
+    if booleans:
+        raise InvalidConfigError(source, config_errors(model, None, booleans, prefix))
+    return parsed

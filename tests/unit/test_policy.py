@@ -73,7 +73,7 @@ def test_auto_mode_needs_gates() -> None:
 
 
 def test_unknown_gates_rules_and_bad_thresholds_name_the_key() -> None:
-    assert "promotion_gates.p95_latency: unknown gate" in invalid(
+    assert "`rollout.promotion_gates.p95_latency`: unknown gate" in invalid(
         auto(promotion_gates={"p95_latency": {"maximum": 1}})
     )
     assert "unknown rule 'minimum'" in invalid(auto(promotion_gates={"error_rate": {"minimum": 0.1}}))
