@@ -50,5 +50,11 @@ bench: setup  ## throughput: raw model vs plain Ray Serve vs canary-serve, side 
 artifacts: setup  ## retrain the example models deterministically into models/artifacts
 	$(PY) -m models.train
 
-clean:
+# .canary holds the running head's PID file, the admin token and the rollout store: refuse while that head runs.
+clean:  ## remove .venv, .canary (store, admin token) and caches; refused while `make up`'s Ray head runs
+	@if [ -f .canary/ray-head.pid ] && kill -0 "$$(cut -d' ' -f1 .canary/ray-head.pid)" 2>/dev/null; then \
+		echo "make clean: the Ray head \`make up\` started (PID $$(cut -d' ' -f1 .canary/ray-head.pid)) still runs;" \
+			"run \`make down\` first (it also clears a stale PID file)" >&2; \
+		exit 1; \
+	fi
 	rm -rf $(VENV) .canary .pytest_cache .mypy_cache .ruff_cache

@@ -5,22 +5,66 @@ the operators' commands in `rollout.operate` (``status``, ``pause``, ``resume``,
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+from typing import Any
 
-from rollout.cluster import SERVE_URL, ClusterError, LocalHead, serve_deploy, serve_status_message, wait_for
-from rollout.operate import OperatorError, add_commands
+from rollout.cluster import (
+    SERVE_URL,
+    ClusterError,
+    LocalHead,
+    check_dashboard,
+    dashboard_address,
+    last_error_line,
+    serve_deploy,
+    serve_status_message,
+    wait_for,
+)
+from rollout.operate import OperatorError, UsageError, add_commands
+from serving import admintoken
 from serving.errors import InvalidConfigError
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
 
-def _validate(path: str) -> None:
+def _validate(path: str) -> dict[str, Any]:
     from rollout.configfile import (  # Ray and torch: only for the commands needing them
         check_config,
         load_config,
     )
 
-    check_config(load_config(path), source=path)
+    config = load_config(path)
+    check_config(config, source=path)
+    return config
+
+
+def _deploy_failed(result: subprocess.CompletedProcess[str], verbose: bool) -> int:
+    """Reports a failed ``serve deploy``: the line saying why, or with ``--verbose`` all Ray printed."""
+    if verbose:
+        sys.stderr.write(result.stdout + result.stderr)
+    else:
+        print(
+            f"error: `serve deploy` failed: {last_error_line(result.stderr or result.stdout)} "
+            "(--verbose shows Ray's full output)",
+            file=sys.stderr,
+        )
+    return result.returncode
+
+
+def _admin_token_location(config: dict[str, Any]) -> str:
+    """Where the admin token the Ingress checks lives, creating ``.canary/admin-token`` when that is it."""
+    if os.environ.get(admintoken.TOKEN_ENV, "").strip():
+        return f"${admintoken.TOKEN_ENV}"
+    for app in config.get("applications") or []:
+        ingress: dict[str, Any] = next(
+            (d for d in app.get("deployments") or [] if d.get("name") == "Ingress"), {}
+        )
+        named = (ingress.get("user_config") or {}).get("admin_token_file")
+        if named:
+            return f"{named} (admin_token_file in the config)"
+    admintoken.admin_token()
+    return str(admintoken.DEFAULT_TOKEN_FILE)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -31,26 +75,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     _validate(args.config)
+    check_dashboard(args.address)
     result = serve_deploy(args.config, args.address)
+    if result.returncode != 0:
+        return _deploy_failed(result, args.verbose)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
-    return result.returncode
+    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    _validate(args.config)
-    head = LocalHead()
+    from rollout.configfile import serve_url
+
+    config = _validate(args.config)
+    url = serve_url(config, source=args.config)
+    token_location = _admin_token_location(config)
+    head = LocalHead()  # always the local head, at its own address: $RAY_DASHBOARD_ADDRESS is for `deploy`
     started = head.start(num_cpus=args.num_cpus)
     print("Ray head started" if started else "Ray head already running; deploying into it")
     result = serve_deploy(args.config)
     if result.returncode != 0:
-        sys.stderr.write(result.stdout + result.stderr)
-        return result.returncode
-    if not wait_for(f"{SERVE_URL}/healthz", args.timeout):
-        print(f"/healthz did not answer 200 within {args.timeout:.0f}s", file=sys.stderr)
+        return _deploy_failed(result, args.verbose)
+    if not wait_for(f"{url}/healthz", args.timeout):
+        print(f"{url}/healthz did not answer 200 within {args.timeout:.0f}s", file=sys.stderr)
         print(serve_status_message(), file=sys.stderr)
         return 1
-    print(f"canary-serve is up: {SERVE_URL}/predict  (GET /rollout, /healthz)")
+    print(f"canary-serve is up: {url}/predict  (GET {url}/rollout, {url}/healthz)")
+    print(f"admin token (for `canary pause`, `promote`, ... and the dashboard): {token_location}")
     return 0
 
 
@@ -113,13 +164,19 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("deploy", help="validate a Serve config, then `serve deploy` it")
     s.add_argument("config")
-    s.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard address")
+    s.add_argument(
+        "--address",
+        default=dashboard_address(),  # read when the command runs, as Ray's `serve deploy` does
+        help="Ray dashboard address (default: $RAY_DASHBOARD_ADDRESS, else http://127.0.0.1:8265)",
+    )
+    s.add_argument("--verbose", action="store_true", help="print all `serve deploy` printed when it fails")
     s.set_defaults(func=cmd_deploy)
 
     s = sub.add_parser("up", help="start a local Ray head, deploy a config, wait for /healthz")
     s.add_argument("--config", default=DEFAULT_CONFIG)
     s.add_argument("--num-cpus", type=int, default=None)
     s.add_argument("--timeout", type=float, default=240.0)
+    s.add_argument("--verbose", action="store_true", help="print all `serve deploy` printed when it fails")
     s.set_defaults(func=cmd_up)
 
     s = sub.add_parser("down", help="stop the Ray head `canary up` started (and nothing else)")
@@ -159,12 +216,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except InvalidConfigError as exc:
+    except (InvalidConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (ClusterError, OperatorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file or directory the command reads or writes
+        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+        return 1
+    except subprocess.TimeoutExpired as exc:
+        command = " ".join(os.path.basename(str(a)) for a in list(exc.cmd)[:2])
+        print(f"error: `{command}` did not finish within {exc.timeout:.0f}s", file=sys.stderr)
+        return 1
+
+
+def _os_error_line(exc: OSError) -> str:
+    if exc.filename is None:
+        return str(exc)
+    paths = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    return f"{paths}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

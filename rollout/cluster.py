@@ -1,20 +1,23 @@
 """A local Ray head for `canary up` / `canary down`, and `serve deploy` with the auth detail handled.
 
-`canary up` starts ``ray start --head --block`` in its own process group and records that PID; `canary down`
-stops exactly that process (which stops the Ray processes it started), never another Ray on the machine.
+`canary up` starts ``ray start --head --block`` in its own process group and records that PID with the
+process's start time; `canary down` stops exactly that process (which stops the Ray processes it started),
+never another Ray on the machine, nor a process that got the same PID later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 STATE_DIR = Path(".canary")
@@ -30,9 +33,34 @@ def _auth_token_file() -> Path:
     return Path.home() / ".ray" / "auth_token"
 
 
+@dataclass(frozen=True)
+class RayAuthToken:
+    """Ray's cluster token and where it was found (for messages; the value is never printed)."""
+
+    value: str
+    source: str
+
+
+def ray_auth_token() -> RayAuthToken | None:
+    """The token Ray 2.60's own clients send, found where its ``AuthenticationTokenLoader`` looks, in the same
+    order: ``$RAY_AUTH_TOKEN``, else the file ``$RAY_AUTH_TOKEN_PATH`` names (set but unreadable or empty
+    means no token, as in Ray: no fall-back), else ``~/.ray/auth_token``. None when there is none."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return RayAuthToken(token, "$RAY_AUTH_TOKEN")
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
+    path, source = (Path(named), f"$RAY_AUTH_TOKEN_PATH ({named})") if named else (_auth_token_file(), "")
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        return None
+    return RayAuthToken(token, source or str(path)) if token else None
+
+
 def ray_cli_env() -> dict[str, str]:
     """The environment for Ray's CLIs. Ray 2.60 writes ``~/.ray/auth_token`` on first start; after that CLI
-    calls to a running cluster need ``RAY_AUTH_MODE=token``, which users should never have to know."""
+    calls to a running cluster need ``RAY_AUTH_MODE=token``, which users should never have to know. The mode
+    is set whenever Ray would find a token (`ray_auth_token`), unless the user chose a mode."""
     env = dict(os.environ)
     # Ray's workers import our packages by name: a PYTHONPATH entry holding a module of the same name (a
     # `rollout.py` next to a caller's script) would be imported instead, so such entries are left out.
@@ -41,7 +69,7 @@ def ray_cli_env() -> dict[str, str]:
         env["PYTHONPATH"] = os.pathsep.join(kept)
     else:
         env.pop("PYTHONPATH", None)
-    if _auth_token_file().exists():
+    if ray_auth_token() is not None:
         env.setdefault("RAY_AUTH_MODE", "token")
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
@@ -60,13 +88,55 @@ def _cli(name: str) -> str:
 
 
 def dashboard_headers() -> dict[str, str]:
-    """The bearer token Ray's dashboard asks for when the cluster runs with token authentication."""
-    if ray_cli_env().get("RAY_AUTH_MODE") != "token":
+    """The bearer token Ray's dashboard asks for when the cluster runs with token authentication: the same
+    token, from the same source, that Ray's CLIs run with `ray_cli_env` send."""
+    token = ray_auth_token()
+    if token is None or ray_cli_env().get("RAY_AUTH_MODE") != "token":
         return {}
-    try:
-        return {"Authorization": f"Bearer {_auth_token_file().read_text().strip()}"}
-    except OSError:
-        return {}
+    return {"Authorization": f"Bearer {token.value}"}
+
+
+def dashboard_address(address: str | None = None) -> str:
+    """The Ray dashboard a command talks to, chosen as Ray's own ``serve deploy`` does: the ``--address``
+    given, else ``$RAY_DASHBOARD_ADDRESS``, else the local head's (read when called, not at import)."""
+    return address or os.environ.get("RAY_DASHBOARD_ADDRESS") or DASHBOARD_URL
+
+
+def check_dashboard(address: str) -> None:
+    """Raises `ClusterError` with one line saying what to do unless a Ray dashboard answers at ``address``
+    (``GET /api/version``, with the headers Ray's CLIs would send)."""
+    url = address if "://" in address else f"http://{address}"  # Ray's clients take a bare host:port too
+    status = http_status(f"{url.rstrip('/')}/api/version", timeout=5.0, headers=dashboard_headers())
+    if status == 200:
+        return
+    if status == 0:
+        raise ClusterError(f"no Ray dashboard answers at {address}; start one with `canary up`")
+    if status in (401, 403):
+        raise ClusterError(f"the Ray dashboard at {address} answered {status}: {_auth_hint()}")
+    raise ClusterError(f"{address} answered {status} to GET /api/version; is it a Ray dashboard?")
+
+
+def _auth_hint() -> str:
+    token = ray_auth_token()
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if token is None and named:
+        return (
+            f"$RAY_AUTH_TOKEN_PATH names {named}, which is missing or empty; point it at this cluster's token"
+        )
+    if token is None:
+        return (
+            "it needs this cluster's token: put it in ~/.ray/auth_token, name its file in "
+            "$RAY_AUTH_TOKEN_PATH or set $RAY_AUTH_TOKEN (RAY_AUTH_MODE=token is then set for you)"
+        )
+    if not dashboard_headers():
+        return (
+            f"the token from {token.source} was not sent because RAY_AUTH_MODE is "
+            f"{os.environ.get('RAY_AUTH_MODE')!r}; set RAY_AUTH_MODE=token"
+        )
+    return (
+        f"it refused the token from {token.source}; give this cluster's token in $RAY_AUTH_TOKEN, "
+        "$RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+    )
 
 
 def http_status(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None) -> int:
@@ -92,9 +162,14 @@ def wait_for(url: str, seconds: float, want: int = 200) -> bool:
 
 @dataclass
 class LocalHead:
-    """The Ray head that `canary up` started, found through its PID file under ``.canary/``."""
+    """The Ray head that `canary up` started, found through its PID file under ``.canary/``.
+
+    The file holds the PID and the process's start time (from ``/proc/<pid>/stat``), so a PID that now
+    belongs to another process (reused after the head died or the machine restarted) is never taken for
+    the head, never signalled, and the stale file is removed. ``proc`` is passed in for tests."""
 
     state_dir: Path = STATE_DIR
+    proc: Path = field(default=Path("/proc"))
 
     @property
     def pid_file(self) -> Path:
@@ -105,15 +180,51 @@ class LocalHead:
         return self.state_dir / "ray-head.log"
 
     def pid(self) -> int | None:
+        """The head's PID while the process `canary up` started runs; None otherwise."""
         try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
+            recorded = self.pid_file.read_text().split()
+            pid = int(recorded[0])
+        except (OSError, ValueError, IndexError):
             return None
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
-        return pid
+        except PermissionError:  # alive, but another user's: not a head we started
+            problem: str | None = "it belongs to another user"
+        else:
+            problem = self._not_our_head(pid, recorded[1] if len(recorded) > 1 else None)
+        if problem is None:
+            return pid
+        self.pid_file.unlink(missing_ok=True)
+        print(
+            f"removed the stale {self.pid_file}: PID {pid} is no longer the Ray head `canary up` started "
+            f"({problem})",
+            file=sys.stderr,
+        )
+        return None
+
+    def _not_our_head(self, pid: int, started_at: str | None) -> str | None:
+        """Why the live process ``pid`` is not the head this directory started, or None when it is."""
+        if not self.proc.is_dir():  # no /proc (not Linux): the PID is all there is to go by
+            return None
+        if started_at is not None:
+            now = self._start_time(pid)
+            return None if now in (started_at, None) else "it started after the head did"
+        try:  # a PID file written before start times were recorded: the command line must be Ray's head
+            argv = (self.proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        is_head = b"start" in argv and b"--head" in argv and any(a.endswith(b"ray") for a in argv)
+        return None if is_head else "it is not `ray start --head`"
+
+    def _start_time(self, pid: int) -> str | None:
+        """The process's start time in clock ticks since boot (field 22 of ``/proc/<pid>/stat``)."""
+        try:
+            stat = (self.proc / str(pid) / "stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[19]  # fields after the command name start at field 3
+        except (OSError, IndexError):
+            return None
 
     def start(self, num_cpus: int | None = None, timeout_s: float = 120) -> bool:
         """Starts a head unless one is reachable; returns whether this call started it."""
@@ -142,7 +253,7 @@ class LocalHead:
                 env={**ray_cli_env(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
                 start_new_session=True,
             )
-        self.pid_file.write_text(str(process.pid))
+        self.pid_file.write_text(f"{process.pid} {self._start_time(process.pid) or ''}".strip() + "\n")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -159,19 +270,22 @@ class LocalHead:
             self.pid_file.unlink(missing_ok=True)
             return False
         subprocess.run(
-            [_cli("serve"), "shutdown", "--yes"],
+            # The local head, explicitly: `serve shutdown` alone would follow $RAY_DASHBOARD_ADDRESS.
+            [_cli("serve"), "shutdown", "--yes", "--address", DASHBOARD_URL],
             env=ray_cli_env(),
             timeout=120,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             check=False,
         )
-        os.kill(pid, signal.SIGTERM)  # `ray start --block` stops the processes it started on SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # `ray start --block` stops the processes it started on SIGTERM
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.pid() == pid:
             time.sleep(0.5)
         if self.pid() == pid:
-            os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -186,6 +300,19 @@ def serve_deploy(config_path: str | Path, address: str = DASHBOARD_URL) -> subpr
         timeout=300,
         check=False,
     )
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b[^:\s]*:")
+
+
+def last_error_line(output: str) -> str:
+    """The line of a failed Ray CLI's output that says what went wrong: the last exception line of a
+    traceback (``ray.exceptions.AuthenticationError: ...``), else the last non-empty line."""
+    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line):
+            return line
+    return lines[-1] if lines else "(no output)"
 
 
 def serve_status_message(address: str = DASHBOARD_URL) -> str:

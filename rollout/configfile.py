@@ -8,11 +8,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from serving.app import check_args
 from serving.config import IngressConfig, ModelServerConfig, validate_section
 from serving.errors import ConfigError, InvalidConfigError
 
 CANARY_IMPORT_PATH = "serving.app:build"
+# Ray Serve resolves ``module:attr`` and ``module.attr`` alike (``ray._common.utils.import_module_and_attr``).
+_CANARY_IMPORT_PATHS = frozenset({CANARY_IMPORT_PATH, "serving.app.build"})
 _USER_CONFIG_SCHEMAS = {"Ingress": IngressConfig, "stable": ModelServerConfig, "candidate": ModelServerConfig}
 
 
@@ -30,6 +31,37 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidConfigError(str(path), [ConfigError("(root)", "must be a mapping with `applications:`")])
     return data
+
+
+def is_canary_app(app: Any) -> bool:
+    """Whether an entry of ``applications:`` is canary-serve's: its ``import_path`` names `serving.app.build`
+    in either of Ray's spellings, surrounding whitespace aside (which `check_config` reports)."""
+    path = app.get("import_path") if isinstance(app, dict) else None
+    return isinstance(path, str) and path.strip() in _CANARY_IMPORT_PATHS
+
+
+def serve_url(config: dict[str, Any], source: str = "config") -> str:
+    """The base URL of the canary application on this machine: ``http_options`` host and port (Ray's
+    defaults 127.0.0.1:8000; a wildcard host is reached on loopback) and the app's ``route_prefix``.
+
+    Example:
+        ``http_options: {port: 8100}`` and ``route_prefix: /fraud`` give ``http://127.0.0.1:8100/fraud``.
+    """
+    http = config.get("http_options") or {}
+    host = str(http.get("host") or "127.0.0.1")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = f"[{host}]" if ":" in host else host
+    prefix = "/"
+    for i, app in enumerate(config.get("applications") or []):
+        if is_canary_app(app):
+            prefix = app.get("route_prefix", "/")
+            if prefix is None:
+                error = ConfigError(
+                    f"applications[{i}].route_prefix", "null: the app has no HTTP route", "a path"
+                )
+                raise InvalidConfigError(source, [error])
+            break
+    return f"http://{host}:{http.get('port') or 8000}{str(prefix).rstrip('/')}"
 
 
 def check_config(config: dict[str, Any], source: str = "config") -> None:
@@ -52,10 +84,21 @@ def check_config(config: dict[str, Any], source: str = "config") -> None:
         raise InvalidConfigError(
             source, [ConfigError(_shape_error_key(config), f"Ray Serve cannot read it ({exc})", "a mapping")]
         ) from None
+    from serving.app import check_args  # Ray and torch: only when a config is checked
+
     for i, app in enumerate(config.get("applications") or []):
-        if app.get("import_path") != CANARY_IMPORT_PATH:
+        if not is_canary_app(app):
             continue
         where = f"applications[{i}]"
+        if app["import_path"] != app["import_path"].strip():
+            errors.append(
+                ConfigError(
+                    f"{where}.import_path",
+                    "surrounding whitespace: Ray Serve would look for a module or attribute with it",
+                    CANARY_IMPORT_PATH,
+                    app["import_path"],
+                )
+            )
         try:
             check_args(app.get("args"))
         except InvalidConfigError as exc:

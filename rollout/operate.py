@@ -25,6 +25,10 @@ class OperatorError(RuntimeError):
     """The server refused an operator command or could not be reached; the message says why."""
 
 
+class UsageError(OperatorError):
+    """A command-line argument cannot be used (the ``canary`` command exits 2); the message names it."""
+
+
 def _get(url: str, path: str, headers: dict[str, str] | None = None, timeout: float = 30.0) -> Any:
     try:
         response = httpx.get(url + path, headers=headers, timeout=timeout)
@@ -80,9 +84,12 @@ def cmd_action(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    data = _get(args.url, "/admin/report", headers={"Authorization": f"Bearer {admin_token()}"}, timeout=120)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # before the report is fetched (up to 2 minutes), not after
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create that directory ({exc.strerror})") from None
+    data = _get(args.url, "/admin/report", headers={"Authorization": f"Bearer {admin_token()}"}, timeout=120)
     (out / "report.md").write_text(data["markdown"])
     (out / "report.html").write_text(data["html"])
     for name, encoded in data["images"].items():
@@ -94,19 +101,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-CANARY_IMPORT_PATH = "serving.app:build"
+def next_config(config: dict[str, Any], default_args: dict[str, Any]) -> dict[str, Any]:
+    """The config after a promotion: stable := candidate, manual routing at weight 0, no rollout id.
 
+    Args:
+        config: the Serve config that was rolled out.
+        default_args: the application ``args`` Ray passes to the builder when the config gives none
+            (`serving.app.DEFAULT_ARGS`); the next config names its arms explicitly.
+    """
+    from rollout.configfile import CANARY_IMPORT_PATH, is_canary_app  # pydantic models: only when needed
 
-def next_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config after a promotion: stable := candidate, manual routing at weight 0, no rollout id."""
     result = copy.deepcopy(config)
     found = False
-    for app in result.get("applications") or []:
-        if app.get("import_path") != CANARY_IMPORT_PATH:
+    for i, app in enumerate(result.get("applications") or []):
+        if not is_canary_app(app):
             continue
         found = True
-        args = app.setdefault("args", {})
-        args["stable"] = copy.deepcopy(args.get("candidate") or {})
+        args = copy.deepcopy(app.get("args") or default_args)  # as `serving.app.check_args` reads them
+        if not isinstance(args, dict) or not isinstance(args.get("candidate"), dict):
+            raise OperatorError(f"applications[{i}].args names no candidate to make stable")
+        app["args"] = {**args, "stable": copy.deepcopy(args["candidate"])}
         for dep in app.get("deployments") or []:
             rollout = (dep.get("user_config") or {}).get("rollout")
             if dep.get("name") == "Ingress" and isinstance(rollout, dict):
@@ -129,19 +143,34 @@ def cmd_finalize(args: argparse.Namespace) -> int:
         raise OperatorError(
             "high impact: read and acknowledge the report first (`canary report --acknowledge`)"
         )
-    from rollout.configfile import check_config, load_config  # imports Ray and torch: only when needed
+    from rollout.configfile import (  # imports Ray and torch: only when needed
+        check_config,
+        is_canary_app,
+        load_config,
+    )
+    from serving.app import DEFAULT_ARGS
 
     source = Path(args.config)
     target = Path(args.out) if args.out else source.with_name(source.stem + ".next.yaml")
-    config = next_config(load_config(source))
+    config = next_config(load_config(source), DEFAULT_ARGS)
     check_config(config, source=str(target))
-    target.write_text(
+    if not target.parent.is_dir():
+        raise UsageError(f"--out {target}: {target.parent} is not a directory")
+    stable = [app["args"]["stable"] for app in config["applications"] if is_canary_app(app)]
+    # Nothing is left behind unless every step succeeds: the text goes to a file beside the target, the
+    # rollout is acknowledged, and only then does that file become the target.
+    pending = target.with_name(f".{target.name}.pending")
+    pending.write_text(
         f"# written by `canary finalize` from {source.name} after rollout {state.get('rollout_key')} "
         "was promoted\n" + yaml.safe_dump(config, sort_keys=False)
     )
-    print(f"wrote {target}: stable := {config['applications'][0]['args']['stable']}")
-    if state.get("stage") != "closed":
-        _act(args.url, "acknowledge", f"finalized: wrote {target.name}", args.actor)
+    try:
+        if state.get("stage") != "closed":
+            _act(args.url, "acknowledge", f"finalized: wrote {target.name}", args.actor)
+        pending.replace(target)
+    finally:
+        pending.unlink(missing_ok=True)
+    print(f"wrote {target}: stable := {', '.join(str(s) for s in stable)}")
     print(f"deploy it when ready: canary deploy {target}")
     return 0
 

@@ -12,12 +12,33 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOKEN_FILE = PROJECT_ROOT / ".canary" / "admin-token"
 
 
-def admin_token(path: Path = DEFAULT_TOKEN_FILE) -> str:
-    """``$CANARY_ADMIN_TOKEN`` when set, else the token file, created with a random token (mode 0600) the
-    first time, so the CLI on the same machine can read it."""
+class AdminTokenError(OSError):
+    """The token file cannot be read or created; ``filename`` names it, the message says how to go on."""
+
+
+def admin_token(path: Path | None = None) -> str:
+    """``$CANARY_ADMIN_TOKEN`` when set, else the token file (default `DEFAULT_TOKEN_FILE`), created with a
+    random token (mode 0600) the first time, so the CLI on the same machine can read it.
+
+    Raises:
+        AdminTokenError: the file cannot be read or created (permissions, a file where its directory goes).
+    """
     token = os.environ.get(TOKEN_ENV, "").strip()
     if token:
         return token
+    path = path or DEFAULT_TOKEN_FILE
+    try:
+        return _from_file(path)
+    except OSError as exc:
+        cause = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+        raise AdminTokenError(
+            exc.errno,
+            f"cannot read or create the admin token file ({cause}); fix that or set ${TOKEN_ENV}",
+            str(path),
+        ) from None
+
+
+def _from_file(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
