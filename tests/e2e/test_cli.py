@@ -77,7 +77,7 @@ def test_up_redeploy_with_a_new_weight_then_down(tmp_path):
         while http.get("/rollout").json()["candidate_weight"] != 50 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert http.get("/rollout").json()["candidate_weight"] == 50
-        pid = int((ROOT / ".canary" / "ray-head.pid").read_text())
+        pid = int((ROOT / ".canary" / "ray-head.pid").read_text().split()[0])  # "<pid> <start time>"
     finally:
         down = canary("down")
     assert down.returncode == 0 and "stopped" in down.stdout
