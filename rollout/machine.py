@@ -91,6 +91,11 @@ class RolloutState:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def _traffic(weight: float, shadow: float) -> tuple[int, float]:
+    """Orders routings by the candidate's exposure: any live weight is more than any shadow percent."""
+    return (1, weight) if weight > 0 else (0, shadow)
+
+
 def _weights(stage: StageSpec | None) -> tuple[float, float]:
     """(candidate weight, shadow percent) that ``stage`` routes; none before the first stage."""
     if stage is None:
@@ -214,6 +219,28 @@ class RolloutMachine:
         if stage.check is not None and check is not CheckOutcome.PASS:
             return []
         return self._promote(now, counts, "controller", "every gate PASS", _evidence(judgement))
+
+    def restage(self, policy: RolloutPolicy, now: float, counts: Counts) -> list[dict[str, Any]]:
+        """The same rollout deployed again with other stages: it goes on in the new list from the last stage
+        that sends the candidate no more traffic than it gets now, entered afresh (its minimums start over),
+        so an edit never skips a stage's minimums nor raises the candidate's traffic by itself."""
+        old, self.policy = self.policy, policy
+        state = self.state
+        index = state.stage_index
+        if state.mode != "auto" or index is None or state.phase in FINISHED or old.stages == policy.stages:
+            return []
+        routed = _traffic(state.candidate_weight, state.shadow_percent)
+        fitting = [i for i, s in enumerate(policy.stages) if _traffic(*_weights(s)) <= routed]
+        target = fitting[-1] if fitting else 0
+        same = index < len(policy.stages) and _weights(old.stages[index]) == _weights(policy.stages[index])
+        if state.phase in ACTIVE and target == index and same:
+            return []  # the stage it is in is unchanged (only its minimums, or later stages, were edited)
+        reason = f"stages edited in the deployed config; goes on from {policy.stages[target].name}"
+        if state.phase is Phase.PAUSED:
+            state.stage_index = target  # `resume` enters it
+            state.paused_from = Phase.SHADOW if policy.stages[target].is_shadow else Phase.CANARY
+            return [_event(state, "restaged", now, state.phase, "config", reason, policy.stages[target])]
+        return self._enter(target, now, counts, "config", reason, kind="restaged")
 
     def override(self, now: float, weights: tuple[float | None, float | None]) -> list[dict[str, Any]]:
         """A config deployed with changed weights in auto mode: the operator takes over, automation pauses."""

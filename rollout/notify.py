@@ -32,13 +32,13 @@ EventKind = Literal[
     "all", "transition", "promotion", "rollback", "decision", "override",
     # the kinds of event a controller records, for a webhook that wants exactly these
     "started", "stage", "awaiting_approval", "approved", "paused", "resumed", "weight_set", "weights",
-    "promoted", "rolled_back", "awaiting_review", "closed", "redeployed", "superseded", "check",
+    "promoted", "rolled_back", "awaiting_review", "closed", "redeployed", "superseded", "check", "restaged",
 ]  # fmt: skip
 
 # What each group sends. A kind in several groups is sent once to a webhook that names several.
 _TRANSITIONS = frozenset(
     {"started", "stage", "awaiting_approval", "approved", "paused", "resumed", "weight_set", "weights",
-     "override", "promoted", "rolled_back", "awaiting_review", "closed", "superseded"}
+     "override", "promoted", "rolled_back", "awaiting_review", "closed", "superseded", "restaged"}
 )  # fmt: skip
 _FORWARD = frozenset({"stage", "approved", "promoted"})
 _JUDGED = frozenset({"stage", "awaiting_approval", "promoted", "rolled_back"})

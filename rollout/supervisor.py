@@ -272,6 +272,7 @@ class RolloutSupervisor:
             self._load_final_evidence()
             reason = f"the same rollout deployed again; it resumes {known.state.phase.value}"
             events.append(self._note(known, "redeployed", now, reason))
+            events += known.restage(rollout, now, self.counts())
             if rollout.mode == "auto":
                 events += known.override(now, (rollout.candidate_weight, rollout.shadow_percent))
         elif machine is None or machine.state.key != key or machine.state.mode != rollout.mode:
@@ -293,7 +294,7 @@ class RolloutSupervisor:
             self.judgement, self._final_gates, self._final_worse, self.check = None, [], [], None
             events.append(started)
         else:
-            machine.policy = rollout
+            events += machine.restage(rollout, now, self.counts())
             if rollout.mode == "auto":
                 events += machine.override(now, (rollout.candidate_weight, rollout.shadow_percent))
             else:
@@ -336,7 +337,11 @@ class RolloutSupervisor:
             return None
         if state.mode != rollout.mode or state.phase is Phase.MANUAL:
             return None
-        return RolloutMachine(rollout, state)
+        try:  # under the policy it ran with, so `restage` sees a change of stages
+            policy = IngressConfig.model_validate(record.policy["config"]).rollout
+        except Exception:
+            policy = rollout
+        return RolloutMachine(policy, state)
 
     def _superseded(self, machine: RolloutMachine, key: str, now: float) -> dict[str, Any]:
         return self._note(machine, "superseded", now, f"a config for rollout {key} was deployed")

@@ -214,3 +214,21 @@ def test_pausing_twice_is_refused() -> None:
     m.act("pause", 1, "alice", "look", Counts())
     with pytest.raises(ActionError, match="cannot pause while paused"):
         m.act("pause", 2, "bob", "look again", Counts())
+
+
+def test_stages_edited_under_the_same_rollout_go_on_from_no_more_traffic_than_now() -> None:
+    """At 50 %, the stages redeployed as [shadow, 10, 100]: it re-enters 10 % with fresh minimums rather
+    than treating index 2 (now 100 %) as entered when 50 % was."""
+    m = started()
+    now = 0.0
+    while m.state.candidate_weight != 50:
+        now += 11
+        m.tick(now, PASS, Counts(1000 * int(now), 1000 * int(now)))
+    edited = policy(stages=[STAGES[0], {**STAGES[1], "weight": 10}, STAGES[3]])
+    [event] = m.restage(edited, now + 1, Counts(10**6, 10**6))
+    assert (event["kind"], event["weight"], event["actor"]) == ("restaged", 10, "config")
+    assert (m.state.phase, m.state.stage_index, m.state.stage_started_at) == (Phase.CANARY, 1, now + 1)
+    assert m.tick(now + 2, PASS, Counts(10**7, 10**7)) == []  # the 10 % stage's minimum duration again
+    # only the minimums edited: it goes on in its stage, timed from when it began
+    longer = policy(stages=[STAGES[0], {**STAGES[1], "weight": 10, "min_duration_s": 60}, STAGES[3]])
+    assert m.restage(longer, now + 3, Counts()) == [] and m.state.stage_started_at == now + 1
