@@ -28,14 +28,14 @@ from serving.errors import InvalidConfigError
 DEFAULT_CONFIG = "configs/demo.yaml"
 
 
-def _validate(path: str) -> dict[str, Any]:
+def _validate(path: str, artifacts: bool = True) -> dict[str, Any]:
     from rollout.configfile import (  # Ray and torch: only for the commands needing them
         check_config,
         load_config,
     )
 
     config = load_config(path)
-    check_config(config, source=path)
+    check_config(config, source=path, artifacts=artifacts)
     return config
 
 
@@ -74,7 +74,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    _validate(args.config)
+    _validate(args.config, artifacts=not args.skip_artifact_check)
     check_dashboard(args.address)
     result = serve_deploy(args.config, args.address)
     if result.returncode != 0:
@@ -170,6 +170,12 @@ def parser() -> argparse.ArgumentParser:
         help="Ray dashboard address (default: $RAY_DASHBOARD_ADDRESS, else http://127.0.0.1:8265)",
     )
     s.add_argument("--verbose", action="store_true", help="print all `serve deploy` printed when it fails")
+    s.add_argument(
+        "--skip-artifact-check",
+        action="store_true",
+        help="the artifacts live on the cluster's nodes, not here: check the args' shape only (the "
+        "application's build on the cluster checks the artifacts and their checksums)",
+    )
     s.set_defaults(func=cmd_deploy)
 
     s = sub.add_parser("up", help="start a local Ray head, deploy a config, wait for /healthz")

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from serving.config import IngressConfig, ModelServerConfig, validate_section
+from serving.config import AppArgs, IngressConfig, ModelServerConfig, validate_section
 from serving.errors import ConfigError, InvalidConfigError
 
 CANARY_IMPORT_PATH = "serving.app:build"
@@ -64,8 +64,11 @@ def serve_url(config: dict[str, Any], source: str = "config") -> str:
     return f"http://{host}:{http.get('port') or 8000}{str(prefix).rstrip('/')}"
 
 
-def check_config(config: dict[str, Any], source: str = "config") -> None:
-    """Validates a Serve config as Ray Serve would, plus every canary-serve section in it.
+def check_config(config: dict[str, Any], source: str = "config", *, artifacts: bool = True) -> None:
+    """Validates a Serve config as Ray Serve would, plus every canary-serve section in it. With
+    ``artifacts=False`` the application's ``args`` are checked for their shape only, not that the artifacts
+    exist here and match their checksums (they may live only on a remote cluster's nodes, whose application
+    build checks them).
 
     Raises:
         InvalidConfigError: listing every bad key with its dotted path, the problem and what is expected.
@@ -84,7 +87,7 @@ def check_config(config: dict[str, Any], source: str = "config") -> None:
         raise InvalidConfigError(
             source, [ConfigError(_shape_error_key(config), f"Ray Serve cannot read it ({exc})", "a mapping")]
         ) from None
-    from serving.app import check_args  # Ray and torch: only when a config is checked
+    from serving.app import DEFAULT_ARGS, check_args  # Ray and torch: only when a config is checked
 
     for i, app in enumerate(config.get("applications") or []):
         if not is_canary_app(app):
@@ -100,7 +103,12 @@ def check_config(config: dict[str, Any], source: str = "config") -> None:
                 )
             )
         try:
-            check_args(app.get("args"))
+            if artifacts:
+                check_args(app.get("args"))
+            else:
+                validate_section(
+                    AppArgs, app.get("args") or DEFAULT_ARGS, source="application args", prefix="args"
+                )
         except InvalidConfigError as exc:
             errors += [_prefixed(f"{where}.", e) for e in exc.errors]
         for dep in app.get("deployments") or []:

@@ -88,3 +88,16 @@ def test_a_canary_app_without_an_http_route_has_no_serve_url():
     config["applications"][0]["route_prefix"] = None
     with pytest.raises(InvalidConfigError, match=r"applications\[0\].route_prefix"):
         serve_url(config)
+
+
+def test_artifacts_that_live_only_on_a_remote_cluster_can_skip_the_local_check():
+    config = demo()
+    config["applications"][0]["args"]["candidate"]["artifact"] = "/models-on-the-cluster/fraud-v3"
+    with pytest.raises(InvalidConfigError) as refused:
+        check_config(config)
+    assert [e.key for e in refused.value.errors] == ["applications[0].args.candidate.artifact"]
+    check_config(config, artifacts=False)  # the shape of the args is still checked:
+    config["applications"][0]["args"]["candidate"]["devise"] = "cuda"
+    with pytest.raises(InvalidConfigError) as refused:
+        check_config(config, artifacts=False)
+    assert [e.key for e in refused.value.errors] == ["applications[0].args.candidate.devise"]
