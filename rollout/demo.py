@@ -1,7 +1,8 @@
 """`canary demo`: the main job. Brings up a local Ray, deploys an automatic rollout of fraud-v2 that walks
-shadow → 5 → 25 → 50 → 100 % on evidence and is promoted, then a bad candidate (+40 % latency for the gold
-tier only) that is rolled back with that segment named; demo traffic with human review scores throughout,
-and a live view of the stage, each gate's verdict and the traffic in the terminal.
+shadow → 5 → 25 → 50 → 100 % on evidence and is promoted, then a bad candidate (every gold-tier answer slower
+by stable's p95, the other tiers untouched) that is rolled back with that segment named; demo traffic with
+human review scores throughout, and a live view of the stage, each gate's verdict and the traffic in the
+terminal.
 """
 
 from __future__ import annotations
@@ -46,11 +47,23 @@ def with_weight(config: dict[str, Any], weight: float) -> dict[str, Any]:
     return config
 
 
+BAD_JUDGE_INTERVAL_S = 4.0
+BAD_FIRST_WEIGHT = 25
+
+
 def bad_candidate(config: dict[str, Any], added_ms: float, tier: str = BAD_TIER) -> dict[str, Any]:
-    """A new rollout of the same config whose candidate is ``added_ms`` slower for one tenant tier only."""
+    """A new rollout of the same config whose candidate is ``added_ms`` slower for one tenant tier only.
+
+    The overall latency gate sees every candidate answer, the tier's own gate only the tier's (~45 %), so
+    judged every second at 5 % the overall gate fails first, a few samples before the tier could be named.
+    This rollout's first canary stage is 25 % and it is judged every 4 s, so the first judgement at 25 % sees
+    ~60 candidate answers, enough for the tier's own gate as well."""
     config = copy.deepcopy(config)
     rollout = _ingress_rollout(config)
     rollout["rollout_id"] = f"{rollout.get('rollout_id') or 'demo'}-bad-{tier}"
+    rollout["judge_interval_s"] = BAD_JUDGE_INTERVAL_S
+    stages = rollout.get("stages") or []
+    rollout["stages"] = [s for s in stages if "weight" not in s or s["weight"] >= BAD_FIRST_WEIGHT] or stages
     for app in config.get("applications", []):
         for dep in app.get("deployments") or []:
             if dep.get("name") == "candidate":
@@ -59,6 +72,15 @@ def bad_candidate(config: dict[str, Any], added_ms: float, tier: str = BAD_TIER)
                     "segment": {"X-Tenant-Tier": tier},
                 }
     return config
+
+
+def _stable_p95_ms(state: dict[str, Any]) -> float | None:
+    """Stable's p95 in the model call, from ``GET /rollout``."""
+    try:
+        value = state["arms"]["stable"]["stats"]["latency_ms"]["p95"]
+    except (KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def render(stats: TrafficStats, title: str) -> Group:
@@ -198,18 +220,19 @@ def run_demo(
         )
         _write_report(Path("reports") / "demo-good", console)
 
-        p50 = stats.arms["stable"].quantile(0.5) or 50.0
-        added = 0.4 * p50
+        # the model call's own p95 (server side), so the added time is the same share on any machine
+        p95 = _stable_p95_ms(good) or stats.arms["stable"].quantile(0.95) or 50.0
+        added = p95
         console.print(
-            f"\n[bold]Deploying a bad candidate[/]: +{added:.0f} ms (+40 % of stable's p50 "
-            f"{p50:.0f} ms) for tier {BAD_TIER} only"
+            f"\n[bold]Deploying a bad candidate[/]: +{added:.0f} ms (stable's p95 in the model call) for "
+            f"tier {BAD_TIER} only, from {BAD_FIRST_WEIGHT} %, judged every {BAD_JUDGE_INTERVAL_S:g} s"
         )
         _deploy(bad_candidate(config, added))
         with Live(console=console, refresh_per_second=1) as live:
             bad = follow(
                 live,
                 stats,
-                f"bad candidate (+40 % latency for {BAD_TIER})",
+                f"bad candidate (+stable's p95 for {BAD_TIER})",
                 lambda s: s.get("stage") in ("promoted", "rolled_back", "closed", "awaiting_review"),
                 stage_timeout_s,
             )
