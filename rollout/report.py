@@ -221,12 +221,16 @@ def _is_global_fail(gate: dict[str, Any]) -> bool:
 
 
 def _segments_by_p95_ratio(merged: Window) -> list[str]:
-    """The segments where both live arms have latencies, the largest candidate p95 ÷ stable p95 first."""
+    """The segments where both live arms have latencies, the largest candidate p95 ÷ stable p95 first; not a
+    segment that holds all of both arms' requests (a label with one value), which says nothing of where."""
     ratios: list[tuple[float, str]] = []
+    whole = merged.arm("stable", ALL).requests, merged.arm("candidate", ALL).requests
     for arm, segment in merged.arms:
         if arm != "candidate" or segment == ALL:
             continue
         stable, candidate = merged.arms.get(("stable", segment)), merged.arms[(arm, segment)]
+        if (stable.requests if stable is not None else 0, candidate.requests) == whole:
+            continue
         s95 = stable.latency.quantile(0.95) if stable is not None else None
         c95 = candidate.latency.quantile(0.95)
         if s95 and c95 is not None:

@@ -278,10 +278,14 @@ def _unnamed_lead(state: Mapping[str, Any]) -> Text | None:
     if not any(_is_global(g.get("segment")) and _verdict(g) == "FAIL" for g in gates):
         return None
     ratios: list[tuple[float, str]] = []
+    arms = _map(state.get("arms"))
+    whole = [_num(_map(_map(arms.get(a)).get("stats")).get("requests")) for a in ("stable", "candidate")]
     for seg in map(_map, _seq(state.get("segments"))):
         stable = _num(_map(_map(seg.get("stable")).get("latency_ms")).get("p95"))
         candidate = _num(_map(_map(seg.get("candidate")).get("latency_ms")).get("p95"))
         label, value = _str(seg.get("label")), _str(seg.get("value"))
+        if [_num(_map(seg.get(a)).get("requests")) for a in ("stable", "candidate")] == whole:
+            continue  # a label with one value holds every request: it says nothing of where
         if stable and candidate is not None and label and value and candidate / stable > LEAD_RATIO:
             ratios.append((candidate / stable, f"{label}={value}"))
     line = Text("failed overall  ", style="bold")

@@ -210,7 +210,7 @@ function renderVerdict(state) {
 // then the segment with the largest p95 ratio is the lead, shown as an estimate, not a verdict.
 function unnamedLead(state, failing) {
   if (!failing.some((g) => g.segment === "all")) return "";
-  const lead = segmentRows(state).find((row) => isNum(row.ratio) && row.ratio > 1.1);
+  const lead = segmentRows(state).find((row) => isNum(row.ratio) && row.ratio > 1.1 && !row.whole);
   if (!lead) return ": the candidate failed overall";
   return [": the candidate failed overall; largest p95 ratio at ", h("span", { class: "segment-name" }, lead.name),
     ` (×${lead.ratio.toFixed(2)}, an estimate: too few samples there to prove it)`];
@@ -296,7 +296,11 @@ function segmentRows(state) {
     (verdicts[g.segment] = verdicts[g.segment] || []).push(g);
   }
   const flagged = new Set(state.worse || []);
+  const arms = state.arms || {};
   return (state.segments || []).map((s) => {
+    // a segment holding every request of both arms (a label with one value) says nothing of where
+    const whole = ["stable", "candidate"].every(
+      (arm) => ((s[arm] || {}).requests ?? null) === (((arms[arm] || {}).stats || {}).requests ?? null));
     const name = segmentName(s);
     const stable = s.stable || {};
     const other = (s.candidate || {}).requests ? s.candidate : (s.shadow || {}).stats || {};
@@ -308,8 +312,8 @@ function segmentRows(state) {
     const failing = gates.filter((g) => g.verdict === "FAIL").map((g) => g.gate);
     const bad = verdict === "FAIL" || flagged.has(name);
     // worst first: judged worse, then by how much slower and how many more errors
-    const score = (bad ? 1000 : 0) + Math.max(0, (ratio || 1) - 1) + 20 * Math.max(0, errDiff || 0);
-    return { s, name, stable, other, ratio, errDiff, verdict, failing, bad, score };
+    const score = (bad ? 1000 : 0) + (whole ? 0 : Math.max(0, (ratio || 1) - 1) + 20 * Math.max(0, errDiff || 0));
+    return { s, name, stable, other, ratio, errDiff, verdict, failing, bad, score, whole };
   }).sort((a, b) => b.score - a.score || (b.stable.requests || 0) - (a.stable.requests || 0));
 }
 

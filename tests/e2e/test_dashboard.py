@@ -315,9 +315,24 @@ def test_a_global_fail_no_tier_explains_yet_shows_the_largest_p95_ratio_as_an_es
                 for t in ratios
             ),
         ],
+        "arms": {
+            **live["arms"],
+            "stable": {**live["arms"]["stable"], "stats": arm(180, 12)},
+            "candidate": {**live["arms"]["candidate"], "stats": arm(39, 30)},
+        },
         "segments": [
             {"label": "tier", "value": t, "stable": arm(60, 12), "candidate": arm(13, 12 * r), "shadow": sh}
             for t, r in ratios.items()
+        ]
+        # one endpoint holds every request, with a larger ratio: it says nothing of where, so it is no lead
+        + [
+            {
+                "label": "endpoint",
+                "value": "/predict",
+                "stable": arm(180, 10),
+                "candidate": arm(39, 300),
+                "shadow": sh,
+            }
         ],
     }
     page = browser.new_page(viewport={"width": 1440, "height": 1000})

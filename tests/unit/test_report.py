@@ -22,7 +22,9 @@ CONDITION = "p95 latency +10% or error rate above 1% in any tier"
 HOSTILE = "<script>alert('x')</script> & | pipes"
 
 
-def windows_for(stages: list[tuple[str, int]], *, gold_slowdown: float = 1.0, seed: int = 0):
+def windows_for(
+    stages: list[tuple[str, int]], *, gold_slowdown: float = 1.0, seed: int = 0, endpoint: bool = False
+):
     """One-second windows per stage: stable and candidate (and shadow in the shadow stage) per tier."""
     rng = random.Random(seed)
     out, t = [], T0
@@ -36,7 +38,7 @@ def windows_for(stages: list[tuple[str, int]], *, gold_slowdown: float = 1.0, se
                 status = "error" if rng.random() < 0.01 else "ok"
                 if arm == "candidate" and tier == "gold":
                     latency *= gold_slowdown
-                for segment in (ALL, ("tier", tier)):
+                for segment in (ALL, ("tier", tier), *([("endpoint", "/predict")] if endpoint else [])):
                     w.arm(arm, segment).record(status, latency)
                 if stage == "shadow":
                     w.arm("shadow").record("ok", latency * 1.05)
@@ -161,12 +163,15 @@ def test_rolled_back_report_puts_the_failing_gate_and_segment_first():
 def test_a_global_fail_no_segment_explains_lists_the_segments_largest_p95_ratio_first():
     data = rolled_back()
     gates = [gate("latency_p95_ms", "all", "FAIL", "candidate p95 above 1.5x stable's", 20.0, 31.0)]
-    md = build_report(replace(data, gates=gates, worse=[])).markdown
+    # one endpoint holds every request: listing it would say nothing of where
+    windows = windows_for([("5%", 30), ("25%", 15)], gold_slowdown=2.0, seed=1, endpoint=True)
+    md = build_report(replace(data, gates=gates, worse=[], windows=windows)).markdown
     worst = md.split("## Worst segments")[1].split("##")[0]
     assert "None: the candidate was not worse" not in worst
     assert "failed globally (latency_p95_ms)" in worst and "not tested" in worst
     rows = [line for line in worst.splitlines() if line.startswith("| tier=")]
     assert len(rows) == 3 and rows[0].startswith("| tier=gold |")  # the 2x slower tier leads
+    assert "endpoint=/predict" not in worst
 
 
 def test_hostile_strings_are_escaped_in_html_and_markdown():

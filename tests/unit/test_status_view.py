@@ -139,11 +139,20 @@ def test_a_global_fail_no_segment_is_named_for_gives_the_largest_p95_ratio_as_an
             "candidate": {"requests": 13, "latency_ms": {"p95": candidate_p95}},
         }
 
+    # endpoint=/predict holds every request of both arms: a larger ratio there says nothing of where
+    whole = {
+        "label": "endpoint",
+        "value": "/predict",
+        "stable": {"requests": 180, "latency_ms": {"p95": 10.0}},
+        "candidate": {"requests": 39, "latency_ms": {"p95": 300.0}},
+    }
+    arms = {arm: {"stats": {"requests": n}} for arm, n in (("stable", 180), ("candidate", 39))}
     state = {
         **ROLLED_BACK,
+        "arms": arms,
         "gates": [gate("latency_p95", "all", "FAIL", "p95 above 1.5x stable's")],
         "worse": [],
-        "segments": [seg("free", 12.0, 12.5), seg("gold", 12.0, 252.0), seg("pro", 11.0, None)],
+        "segments": [whole, seg("free", 12.0, 12.5), seg("gold", 12.0, 252.0), seg("pro", 11.0, None)],
     }
     text = status_text(state, now=NOW)
     assert lines_with(text, "failed overall", "largest p95 ratio at tier=gold (×21.00, an estimate")
