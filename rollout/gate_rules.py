@@ -154,7 +154,7 @@ def _latency(gate: GateSpec, targets: list[Target], ctx: Context) -> tuple[str, 
         raise MalformedEvidence(f"rule {gate.rule!r} does not apply to latency")
 
     def gather(segment: Segment, level: float) -> _LatencyRow | Outcome:
-        s_arm, c_arm = ctx.arm("stable", segment), ctx.arm(ctx.candidate, segment)
+        s_arm, c_arm = (ctx.arm(arm, segment) for arm in ctx.pair(gate.rule == "maximum_regression_percent"))
         if s_arm is None or c_arm is None or not s_arm.latency.count or not c_arm.latency.count:
             return _nodata("needs latencies from both arms")
         # four tests share the level: the quantile and the location test, each on two arms
@@ -254,6 +254,7 @@ def _rates(gate: GateSpec, targets: list[Target], ctx: Context) -> tuple[str, li
     if single and rule != "maximum":
         raise MalformedEvidence(f"{gate.metric} takes rule '{'minimum' if good else 'maximum'}' only")
     text = _rate_rule_text(rule, limit, noun, single)
+    stable, candidate = ctx.pair(not single and rule in _RELATIVE_RULES)
 
     def gather(segment: Segment, level: float) -> _RateRow | Outcome:
         if gate.metric == "shadow_agreement":
@@ -263,12 +264,12 @@ def _rates(gate: GateSpec, targets: list[Target], ctx: Context) -> tuple[str, li
             if not 0 <= pairs.agreed <= pairs.compared:
                 raise MalformedEvidence(f"agreed={pairs.agreed} with compared={pairs.compared}")
             return pairs.compared - pairs.agreed, pairs.compared, 0, 0, level
-        c_arm = ctx.arm(ctx.candidate, segment)
+        c_arm = ctx.arm(candidate, segment)
         if c_arm is None or not c_arm.requests:
             return _nodata("no candidate requests")
         if single:
             return failures(c_arm), c_arm.requests, 0, 0, level
-        s_arm = ctx.arm("stable", segment)
+        s_arm = ctx.arm(stable, segment)
         if s_arm is None or not s_arm.requests:
             return _nodata("no stable requests to compare with")
         return failures(c_arm), c_arm.requests, failures(s_arm), s_arm.requests, level / 2
@@ -302,7 +303,12 @@ def _pooled_rates(gate: GateSpec, targets: list[Target], ctx: Context) -> tuple[
     a PASS may rest on both (the shadow stage's thousands of answers settle what a 5 % stage would need many
     minutes for). A FAIL on the live answers alone still rolls back, so live-only failures are not diluted:
     each test gets half the level."""
-    if not ctx.evidence.live or gate.metric not in _POOLABLE or ctx.arm("shadow", ALL) is None:
+    if (
+        not ctx.evidence.live
+        or gate.metric not in _POOLABLE
+        or ctx.arm("shadow", ALL) is None
+        or (ctx.matched and is_relative(gate))  # mirrored answers are not matched in time
+    ):
         return _rates(gate, targets, ctx)
     half = [(segment, level / 2) for segment, level in targets]
     text, live = _rates(gate, half, ctx)
@@ -409,7 +415,7 @@ def _means(gate: GateSpec, targets: list[Target], ctx: Context) -> tuple[str, li
 
     def gather(segment: Segment, level: float) -> _MeanRow | Outcome:
         stats: list[FieldStat] = []
-        for arm in ("stable", ctx.candidate):
+        for arm in ctx.pair(gate.rule in _RELATIVE_RULES):
             st = ctx.arm(arm, segment)
             table = (st.feedback if bounded else st.fields) if st is not None else {}
             stat = table.get(key) or FieldStat()
@@ -538,6 +544,18 @@ def _gpu_memory(gate: GateSpec, targets: list[Target], ctx: Context) -> tuple[st
     sides = [{"n": 1, "estimate": _num(v), "lower": _num(v), "upper": _num(v)} for v in (s, c)]
     reason = f"candidate {c:.4g} bytes, stable {s:.4g} bytes"
     return text, [Outcome(_decide(fail, True), reason, sides[0], sides[1])]
+
+
+_RELATIVE_RULES = frozenset({"maximum_regression_percent", "maximum_delta", "minimum_delta"})
+
+
+def is_relative(gate: GateSpec) -> bool:
+    """Whether the gate's rule compares the two arms (a regression percent, a delta), rather than holding the
+    candidate to an absolute limit: only those can use a time-matched baseline."""
+    return gate.rule in _RELATIVE_RULES and gate.metric not in _SINGLE_ARM and gate.metric in _TWO_ARMED
+
+
+_TWO_ARMED = frozenset({"latency", "field", "feedback", *_RATES})
 
 
 def evaluate(gate: GateSpec, targets: list[Target], ctx: Context) -> tuple[str, list[Outcome]]:

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from rollout import sequential as seq
-from rollout.gate_rules import POOLED, MalformedEvidence, Verdict, evaluate
+from rollout.gate_rules import POOLED, MalformedEvidence, Verdict, evaluate, is_relative
+from rollout.matching import MATCHED_CANDIDATE, MATCHED_STABLE
 from serving.segments import ALL, Segment
 from serving.sketch import LatencySketch, bucket_upper
 from serving.telemetry import ArmStats, Window
@@ -88,6 +89,9 @@ class Evidence:
         oom_events: ``"stable"``/``"candidate"`` → GPU OOM events over the span.
         restarts: ``"stable"``/``"candidate"`` → replica restarts over the span.
         gpu_memory_bytes: ``"stable"``/``"candidate"`` → peak GPU memory per replica; empty without a GPU.
+        matched: at canary stages the comparative rules (a regression percent, a delta) compare the
+            window's time-matched arms (`rollout.matching`) instead of all of stable with all of the
+            candidate; absolute limits still judge every candidate answer.
     """
 
     window: Window
@@ -95,6 +99,7 @@ class Evidence:
     oom_events: dict[str, int]
     restarts: dict[str, int]
     gpu_memory_bytes: dict[str, float]
+    matched: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,8 @@ def judge(
             }
             if out.extra:
                 evidence_.update(out.extra)
+            if ctx.matched and is_relative(gate):
+                evidence_["baseline"] = "matched"
             results.append(GateResult(gate.name, name, out.verdict, evidence_))
             if segment != ALL:
                 hypotheses.append((name, out.e_value))
@@ -318,6 +325,7 @@ class Context:
         self.evidence = evidence
         self.window = evidence.window
         self.candidate = "candidate" if evidence.live else "shadow"
+        self.matched = evidence.matched and evidence.live
         self._checked: set[int] = set()
         self._hist: dict[int, Histogram] = {}
 
@@ -326,6 +334,13 @@ class Context:
         other = Context(self.evidence)
         other.candidate, other._checked, other._hist = POOLED, self._checked, self._hist
         return other
+
+    def pair(self, relative: bool) -> tuple[str, str]:
+        """The arms a rule compares, ``(stable, candidate)``: the time-matched ones for a comparative rule
+        when the evidence asks for them."""
+        if relative and self.matched:
+            return MATCHED_STABLE, MATCHED_CANDIDATE
+        return "stable", self.candidate
 
     def arm(self, name: str, segment: Segment) -> ArmStats | None:
         if name == POOLED:

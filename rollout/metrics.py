@@ -101,6 +101,8 @@ class SnapshotCollector(Collector):
             for name, stat in sorted(st.feedback.items()):
                 feedback.add_metric([*labels, name], stat.count)
         for (arm, (label, value)), st in sorted(self.current.arms.items()):
+            if arm not in ARMS:  # the time-matched samples are the judge's, not series of their own
+                continue
             labels = [app, arm, label, value]
             p95 = st.latency.quantile(0.95)
             if p95 is not None:

@@ -254,6 +254,12 @@ class RolloutPolicy(_Strict):
         None, description="segment labels judged per value (default: every configured label)"
     )
     alpha: float = Field(0.05, gt=0, le=0.5, description="false-rollback budget over all gates and segments")
+    baseline: Literal["all", "matched"] = Field(
+        "all",
+        description="what the comparative gates (regression %, deltas) compare the candidate with: 'all' of "
+        "stable's answers since the rollout started, or a sample 'matched' to the candidate's pace in time, "
+        "which a load that drifts over the rollout cannot bias",
+    )
     promotion_gates: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="gate name → {rule: threshold}, e.g. latency_p95_ms: {maximum_regression_percent: 10}",

@@ -134,6 +134,13 @@ def _header(state: Mapping[str, Any], now: float) -> Panel:
     for key, label in (("rollout_id", "rollout"), ("owner", "owner"), ("rollback_condition", "rollback if")):
         if (value := _str(state.get(key))) is not None:
             grid.add_row(label, Text(value))
+    baseline = _map(state.get("baseline"))
+    if _str(baseline.get("mode")) == "matched":
+        sizes = [_int(baseline.get(f"{arm}_requests")) for arm in ("stable", "candidate")]
+        text = f"time-matched, {_num(baseline.get('ratio')) or 0:g} stable answers per candidate answer"
+        if None not in sizes:
+            text += f" ({sizes[0]:,} / {sizes[1]:,} so far)"
+        grid.add_row("baseline", Text(text))
     check = _map(state.get("check"))
     if (outcome := _str(check.get("outcome"))) is not None:
         cell = Text(outcome, style=VERDICT_STYLES.get(outcome.upper(), ""))

@@ -15,8 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from rollout.judge import Evidence, Judgement, judge
 from rollout.machine import JUDGED, ActionError, Counts, Phase, RolloutMachine, RolloutState
+from rollout.matching import MATCHED_CANDIDATE, MATCHED_STABLE, Matcher
 from rollout.notify import CheckOutcome, Notifier
 from rollout.policy import rollout_key
 from rollout.report import ReportInput
@@ -144,8 +147,10 @@ class RolloutSupervisor:
         clock: Callable[[], float],
         notifier_factory: Callable[[Sequence[Any]], Notifier | None] = lambda hooks: None,
         worker: StoreWorker | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         self.app, self.store, self.clock = app, store, clock
+        self.rng = rng or np.random.default_rng()  # the time-matched baseline's sampling
         self._notifier_factory = notifier_factory
         self.notifier: Notifier | None = None
         self._hooks: tuple[Any, ...] = ()
@@ -164,6 +169,7 @@ class RolloutSupervisor:
         self._final_worse: list[str] = []
         self.check: CheckState | None = None
         self.propagation = LatencySketch()
+        self._matching: tuple[str | None, Matcher] | None = None  # (rollout key, its sampler)
         # (arm, model version) -> peak GPU memory of one replica: a new candidate is not held to an old one's
         self._gpu_peak: dict[tuple[str, str | None], float] = {}
         self._reported_arms: set[str] = set()
@@ -398,6 +404,9 @@ class RolloutSupervisor:
         else:
             self.window.merge(delta)
             self._unsaved.merge(delta)
+            matcher = self._matcher()
+            if matcher is not None:
+                matcher.add(delta, (self.window, self._unsaved))
         if requests:
             rows = [(rid, ts, arm, [(s[0], s[1]) for s in segs]) for rid, ts, arm, segs in requests]
             self.worker.write(functools.partial(self.store.log_requests, key, rows), row=True)
@@ -444,12 +453,27 @@ class RolloutSupervisor:
         if arm == "?":
             return
         current = self.machine is not None and key == self.machine.state.key
+        matcher = self._matcher() if current else None
+        matched = matcher.feedback_arm(arm) if matcher is not None else None
         for segment in [ALL, *(tuple(s) for s in segments)]:
             windows = (
                 (self.telemetry.total, self.window, self._unsaved) if current else (self.telemetry.total,)
             )
             for window in windows:
                 window.arm(arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
+            if matched is not None:
+                for window in (self.window, self._unsaved):
+                    window.arm(matched, segment).record_feedback(metric, value)  # type: ignore[arg-type]
+
+    def _matcher(self) -> Matcher | None:
+        """The current rollout's time-matched sampler, when its policy asks for a matched baseline."""
+        rollout = self.config.rollout if self.config is not None else None
+        if rollout is None or rollout.baseline != "matched":
+            return None
+        key = self.machine.state.key if self.machine is not None else None
+        if self._matching is None or self._matching[0] != key:
+            self._matching = key, Matcher(self.rng)
+        return self._matching[1]
 
     def _close_window(self, machine: RolloutMachine, now: float) -> None:
         """Writes the outgoing rollout's telemetry since the last write under its own key (kept in order
@@ -581,6 +605,7 @@ class RolloutSupervisor:
                 for (arm, version), peak in self._gpu_peak.items()
                 if version == self.versions.get(arm)
             },
+            matched=self.config is not None and self.config.rollout.baseline == "matched",
         )
 
     def step(self) -> list[dict[str, Any]]:
@@ -811,6 +836,7 @@ class RolloutSupervisor:
             "impact": rollout.impact,
             "change": rollout.change,
             "alpha": rollout.alpha,
+            "baseline": self._baseline_view(),
             "gates": gates,
             "store": {
                 "ok": self.store_error is None,
@@ -842,6 +868,23 @@ class RolloutSupervisor:
                 "delivered": sum(d.ok for d in self.notifier.deliveries),
                 "failed": sum(not d.ok for d in self.notifier.deliveries),
                 "dropped": self.notifier.dropped,
+            },
+        }
+
+    def _baseline_view(self) -> dict[str, Any]:
+        """What the comparative gates compare: all of stable, or the time-matched sample and its size."""
+        matcher = self._matcher()
+        if matcher is None:
+            return {"mode": "all"}
+        return {
+            "mode": "matched",
+            "ratio": matcher.ratio,
+            **{
+                f"{side}_requests": stats.requests if stats is not None else 0
+                for side, stats in (
+                    ("stable", self.window.arms.get((MATCHED_STABLE, ALL))),
+                    ("candidate", self.window.arms.get((MATCHED_CANDIDATE, ALL))),
+                )
             },
         }
 

@@ -109,6 +109,12 @@ def test_unknown_judged_segments_are_keyed_under_rollout() -> None:
     assert "'tier'" in error.expected and "'size'" in error.expected
 
 
+def test_an_unknown_baseline_names_the_key_and_both_choices() -> None:
+    error = only_error(IngressConfig, auto(baseline="time-matched"))
+    assert error.key == "rollout.baseline" and "'all' or 'matched'" in error.problem
+    assert IngressConfig.model_validate(auto(baseline="matched")).rollout.baseline == "matched"
+
+
 def test_a_serve_config_names_the_gate_under_the_ingress_user_config() -> None:
     config = load_config(ROOT / "configs" / "demo-rollout.yaml")
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")

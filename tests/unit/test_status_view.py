@@ -350,3 +350,14 @@ states = st.fixed_dictionaries(
 @given(state=states, now=st.floats(allow_nan=False, allow_infinity=False))
 def test_no_state_makes_the_view_raise(state: dict[str, Any], now: float):
     assert "canary-serve" in status_text(state, now=now, width=100)
+
+
+def test_a_matched_baseline_is_shown_with_its_sample_sizes_and_the_default_is_not():
+    matched = {
+        **PROMOTED,
+        "baseline": {"mode": "matched", "ratio": 3.0, "stable_requests": 5400, "candidate_requests": 1800},
+    }
+    assert lines_with(
+        status_text(matched, now=NOW), "baseline", "time-matched, 3 stable", "(5,400 / 1,800 so far)"
+    )
+    assert "baseline" not in status_text({**PROMOTED, "baseline": {"mode": "all"}}, now=NOW)

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from rollout.machine import ActionError
+from rollout.matching import MATCHED_CANDIDATE, MATCHED_STABLE
 from rollout.notify import CheckOutcome, Notifier
 from rollout.store import RolloutStore
 from rollout.store_worker import StoreWorker
@@ -714,3 +716,50 @@ def test_a_long_rollout_keeps_its_latest_events_in_memory_and_counts_all(
     again = supervisor(store_path, clock)
     assert again.view()["events_total"] == view["events_total"]
     assert [e["seq"] for e in again.view()["events"]] == [e["seq"] for e in view["events"]]
+
+
+def test_a_matched_baseline_samples_stable_at_the_candidates_pace_and_survives_a_restart(
+    store_path: Path, clock: Clock
+) -> None:
+    sup = RolloutSupervisor(
+        "canary", RolloutStore(store_path, clock=clock), clock, rng=np.random.default_rng(4)
+    )
+    gates = {"error_rate": {"maximum": 0.01}, "latency_p95_ms": {"maximum_regression_percent": 50}}
+    sup.configure(section(baseline="matched", promotion_gates=gates), VERSIONS)
+    assert sup.view()["baseline"] == {
+        "mode": "matched",
+        "ratio": 3.0,
+        "stable_requests": 0,
+        "candidate_requests": 0,
+    }
+    for second in range(20):  # the shadow stage, then 4 s at 25 %
+        run(sup, clock, 1, seed=second)
+        if sup.table()["candidate_weight"] == 25:
+            run(sup, clock, 4, seed=100 + second)
+            break
+    view = sup.view()
+    assert view["stage"] == "canary" and view["candidate_weight"] == 25
+    stable, candidate = sup.window.arm(MATCHED_STABLE), sup.window.arm(MATCHED_CANDIDATE)
+    assert candidate.requests == sup.window.arm("candidate").requests > 0  # 25 %: the candidate whole
+    assert stable.requests == pytest.approx(3 * candidate.requests, rel=0.15)
+    assert view["baseline"]["stable_requests"] == stable.requests
+    assert sup.window.arm(MATCHED_STABLE, ("tier", "gold")).requests > 0
+    sup.ingest(
+        "ingress-1", Window().to_dict(), 0, requests=[("req-9", clock.now, "candidate", [("tier", "gold")])]
+    )
+    sup.feedback("req-9", "human_review_score", 0.9)
+    assert review_scores(sup, MATCHED_CANDIDATE, ("tier", "gold")) == (1, 0.9)
+    sup.persist()
+    again = supervisor(store_path, clock)
+    assert again.window.arm(MATCHED_STABLE).requests == stable.requests
+    latency = [g for g in sup.view()["gates"] if g["gate"] == "latency_p95_ms" and g["segment"] == "all"]
+    assert latency and latency[0]["evidence"]["baseline"] == "matched"
+    assert latency[0]["evidence"]["stable"]["n"] < sup.window.arm("stable").latency.count
+
+
+def test_the_default_baseline_keeps_no_matched_sample(store_path: Path, clock: Clock) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 12)
+    assert sup.view()["baseline"] == {"mode": "all"}
+    assert not any(arm.endswith("@matched") for arm, _ in sup.window.arms)
