@@ -12,6 +12,7 @@ from serving.segments import ALL
 from serving.telemetry import Window
 
 STALE_AFTER_S = 10.0  # a replica silent this long is gone
+MAX_SENDERS = 4096  # Ingress incarnations whose last flush number is remembered
 MAX_STOPPED = 1024  # replicas remembered as stopped on purpose, so a report arriving late is ignored
 
 
@@ -40,6 +41,30 @@ class TelemetryState:
     _gone: dict[str, int] = field(default_factory=dict)  # replica id -> OOMs already counted from it
     _stopped: dict[str, None] = field(default_factory=dict)  # replicas that said they stopped, oldest first
     series: ArmSeries = field(default_factory=ArmSeries)  # per-arm numbers over time, for the charts
+    _flushed: dict[str, int] = field(default_factory=dict)  # Ingress incarnation -> last flush counted
+    duplicates: int = 0  # flushes received again after they were counted, and dropped
+
+    def first_delivery(self, seq: object) -> bool:
+        """Whether a flush numbered ``seq`` (``[incarnation, n]``, absent from an older Ingress) is new.
+
+        An Ingress sends its flushes in order, each unchanged until one call succeeds, and the next only
+        then: so a flush numbered at or below the last one counted from its incarnation is a copy (its first
+        call ran after the replica had given up waiting for it and sent it again).
+        """
+        if not (isinstance(seq, list | tuple) and len(seq) == 2):
+            return True
+        sender, number = seq
+        if not isinstance(sender, str) or not isinstance(number, int) or isinstance(number, bool):
+            return True
+        last = self._flushed.pop(sender, None)
+        if last is not None and number <= last:
+            self._flushed[sender] = last
+            self.duplicates += 1
+            return False
+        self._flushed[sender] = number  # most recent last, so the oldest go first
+        while len(self._flushed) > MAX_SENDERS:
+            self._flushed.pop(next(iter(self._flushed)))
+        return True
 
     def ingest(self, replica_id: str, window: Window, in_flight: int, now: float) -> None:
         """Adds one Ingress replica's window (its counts since its previous report)."""

@@ -391,6 +391,8 @@ class RolloutSupervisor:
         controller has left, its window is filed under it, not counted for the new candidate.
         """
         now = self.clock()
+        if not self.telemetry.first_delivery(window.get("seq")):
+            return  # counted already: its first call outlived the replica's wait, which sent it again
         delta = Window.from_dict(window)
         self.telemetry.ingest(replica_id, delta, in_flight, now)
         for lag in propagation_s:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,7 @@ WATCH_TIMEOUT_S = 30.0  # a long poll returns at least this often, so a replica 
 FORCE_ARM_HEADER = "X-Canary-Force-Arm"  # an operator's probe of one arm (admin token required)
 REPLICA_RETRIES = 1  # a call whose replica died goes once more to a live one
 MAX_PENDING_ROWS = 100_000  # request-log rows kept for the controller while it is unreachable
+MAX_PENDING_LAGS = 1_000  # routing-table propagation times sent with one flush
 
 # Headers a model replica never needs to see (fault injection scopes by the others).
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -83,6 +85,18 @@ def _forced_arm(value: str) -> Arm:
 
 class ConfigNotTakenError(RuntimeError):
     """The rollout controller has not taken this replica's config yet."""
+
+
+@dataclass(frozen=True)
+class Flush:
+    """One flush of telemetry to the controller, as sent: its window carries ``seq`` (this replica's
+    incarnation and the flush's number), so a copy of it is counted once."""
+
+    window: dict[str, Any]
+    requests: list[tuple[str, float, str, list[Segment]]]
+    feedback: list[tuple[str, str, float, float, str, list[list[str]]]]
+    lags: list[float]
+    rollout: str | None
 
 
 @dataclass(frozen=True)
@@ -152,6 +166,9 @@ class Ingress(OperatorRoutes):
         self._watcher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._flush_failures = 0
+        self._incarnation = uuid.uuid4().hex  # with a flush's number, names it to the controller
+        self._flushes = 0
+        self._unsent: Flush | None = None  # a flush not yet taken, sent again unchanged before anything newer
         self._controller_table: dict[str, Any] = {}  # the last table followed: this replica's rollout
         self._seen_version = -1  # the controller's last table version, followed or not
         self._user_config: dict[str, Any] = {}  # the config this replica runs, as deployed
@@ -522,43 +539,62 @@ class Ingress(OperatorRoutes):
             logger.warning("shutdown: the last telemetry flush did not reach the controller")
 
     async def _flush(self, timeout_s: float = 10.0) -> None:
-        """Sends the counts since the last flush to the controller; on failure they wait for the next one."""
+        """Sends the counts since the last flush to the controller. A flush that fails is sent again,
+        unchanged and under its number, before anything newer, so the controller can drop a copy when the
+        first call did reach it (a call that times out here may still run there); then the counts since."""
         async with self._flush_lock:
-            now = time.time()
             if self._controller is None:
                 return
-            delta, self._window = self._window, Window(start=now)
-            self._shadow.window = self._window
-            delta.end = now
-            requests, self._pending_requests = self._pending_requests, []
-            feedback, self._pending_feedback = self._pending_feedback, []
-            lags, self._pending_lags = self._pending_lags, []
-            try:
-                await asyncio.wait_for(
-                    self._controller.ingest.remote(
-                        self._replica_id,
-                        delta.to_dict(),
-                        self._shadow.in_flight,
-                        requests,
-                        feedback,
-                        lags,
-                        rollout=self._rollout_key,
-                    ),
-                    timeout_s,
+            for _ in range(2):  # an earlier flush first, then what was served since
+                retry = self._unsent is not None
+                if self._unsent is None:
+                    self._unsent = self._next_flush()
+                if not await self._send(self._unsent, timeout_s):
+                    return
+                self._unsent = None
+                if not retry:
+                    return
+
+    def _next_flush(self) -> Flush:
+        now = time.time()
+        delta, self._window = self._window, Window(start=now)
+        self._shadow.window = self._window
+        delta.end = now
+        self._flushes += 1
+        flush = Flush(
+            {**delta.to_dict(), "seq": [self._incarnation, self._flushes]},
+            self._pending_requests,
+            self._pending_feedback,
+            self._pending_lags[-MAX_PENDING_LAGS:],
+            self._rollout_key,
+        )
+        self._pending_requests, self._pending_feedback, self._pending_lags = [], [], []
+        return flush
+
+    async def _send(self, flush: Flush, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(
+                self._controller.ingest.remote(
+                    self._replica_id,
+                    flush.window,
+                    self._shadow.in_flight,
+                    flush.requests,
+                    flush.feedback,
+                    flush.lags,
+                    rollout=flush.rollout,
+                ),
+                timeout_s,
+            )
+        except Exception as exc:  # the controller restarts or is busy: the flush is sent again next time
+            await self._follow_controller(exc)
+            self._flush_failures += 1
+            if self._flush_failures in (1, 10, 100):
+                logger.warning(
+                    "telemetry flush to the controller failed %d time(s): %r", self._flush_failures, exc
                 )
-                self._flush_failures = 0
-            except Exception as exc:  # the controller restarts or is busy: keep the counts, retry next time
-                await self._follow_controller(exc)
-                delta.merge(self._window)
-                self._window = delta
-                self._shadow.window = delta
-                self._pending_requests = (requests + self._pending_requests)[-MAX_PENDING_ROWS:]
-                self._pending_feedback = (feedback + self._pending_feedback)[-MAX_PENDING_ROWS:]
-                self._flush_failures += 1
-                if self._flush_failures in (1, 10, 100):
-                    logger.warning(
-                        "telemetry flush to the controller failed %d time(s): %r", self._flush_failures, exc
-                    )
+            return False
+        self._flush_failures = 0
+        return True
 
     async def _follow_controller(self, exc: Exception) -> None:
         """A controller that another replica replaced (an upgrade, a new store) is a new actor under the same
@@ -661,9 +697,10 @@ class Ingress(OperatorRoutes):
                     return JSONResponse({**answer, "duplicate": True})
                 # counted in the evidence by the controller once stored, so a value sent twice counts once
                 self._requests.give(served, metric, value)
-                self._pending_feedback.append(
-                    (request_id, metric, value, now, served.arm, [list(s) for s in served.segments])
-                )
+                if len(self._pending_feedback) < MAX_PENDING_ROWS:  # else the controller has been gone long
+                    self._pending_feedback.append(
+                        (request_id, metric, value, now, served.arm, [list(s) for s in served.segments])
+                    )
                 return JSONResponse(answer)
             if self._controller is None:
                 raise HTTPProblem(404, "unknown_request_id", f"unknown request_id {request_id!r}")
