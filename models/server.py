@@ -21,7 +21,7 @@ from ray import serve
 from models.artifact import load_artifact
 from models.errors import InjectedFaultError, ModelError
 from models.faults import FaultInjector
-from models.gpu import GpuMonitor
+from models.gpu import GpuMonitor, use_pci_bus_order
 from models.predictor import Predictor
 from rollout.controller import find_controller
 from serving.config import ModelServerConfig, validate_section
@@ -80,6 +80,7 @@ class ModelServer:
 
     def __init__(self, artifact: str, arm: str, device: str = "auto") -> None:
         self._arm = arm
+        use_pci_bus_order()  # before CUDA starts: its device numbers then match NVML's (and so Ray's)
         loaded = load_artifact(artifact)
         self._device = choose_device(device)
         self._predictor = Predictor(loaded, self._device)

@@ -12,12 +12,12 @@ from fake_nvml import (
     FakeNVML,
 )
 
-from models.gpu import GpuMonitor
+from models.gpu import GpuMonitor, use_pci_bus_order
 
 
 def test_samples_device_memory_utilisation_and_this_process_memory():
     nvml = FakeNVML([FakeDevice(), FakeDevice(name="B", used=5, processes={4242: 3 * 2**30, 99: 1})])
-    (sample,) = GpuMonitor(nvml, pid=4242, visible_devices="1").sample()
+    (sample,) = GpuMonitor(nvml, pid=4242, visible_devices="1", device_order="PCI_BUS_ID").sample()
     assert (sample.index, sample.name, sample.memory_used_bytes) == (1, "B", 5)
     assert sample.process_memory_bytes == 3 * 2**30 and sample.utilization_ratio == 0.37
 
@@ -26,6 +26,25 @@ def test_all_devices_when_cuda_visible_devices_is_unset_and_uuids_resolve():
     nvml = FakeNVML([FakeDevice(uuid="GPU-a"), FakeDevice(uuid="GPU-b")])
     assert [s.index for s in GpuMonitor(nvml, pid=1, visible_devices=None).sample()] == [0, 1]
     assert [s.index for s in GpuMonitor(nvml, pid=1, visible_devices="GPU-b").sample()] == [1]
+
+
+def test_on_a_node_of_mixed_gpus_cuda_numbers_are_read_as_nvmls_only_in_pci_bus_order():
+    nvml = FakeNVML([FakeDevice(name="NVIDIA A10G"), FakeDevice(name="NVIDIA H100 80GB HBM3")])
+    fastest_first = GpuMonitor(nvml, pid=1, visible_devices="1", device_order="FASTEST_FIRST")
+    assert not fastest_first.available and fastest_first.sample() == []
+    assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in (fastest_first.reason or "")
+    by_bus = GpuMonitor(nvml, pid=1, visible_devices="1", device_order="PCI_BUS_ID")
+    assert [s.name for s in by_bus.sample()] == ["NVIDIA H100 80GB HBM3"]
+    by_uuid = GpuMonitor(nvml, pid=1, visible_devices="GPU-0000", device_order="FASTEST_FIRST")
+    assert by_uuid.available  # a UUID names one device whatever the order
+    same = FakeNVML([FakeDevice(), FakeDevice()])  # one model: fastest first ties break by PCI bus
+    assert GpuMonitor(same, pid=1, visible_devices="1", device_order="FASTEST_FIRST").available
+
+
+def test_model_servers_ask_cuda_for_pci_bus_order_unless_told_otherwise():
+    env: dict[str, str] = {}
+    assert use_pci_bus_order(env) == "PCI_BUS_ID" and env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert use_pci_bus_order({"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}) == "FASTEST_FIRST"
 
 
 def test_no_gpu_says_so_once_and_reports_nothing(caplog):
