@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollout.series import ArmSeries
-from serving.segments import ALL
+from serving.segments import ALL, OTHER, UNSET, Segment
 from serving.telemetry import Window
 
 STALE_AFTER_S = 10.0  # a replica silent this long is gone
 MAX_SENDERS = 4096  # Ingress incarnations whose last flush number is remembered
+METRIC_VALUES_PER_TOP_N = 4  # values per label `/metrics` keeps over the controller's life, per top_n
 MAX_STOPPED = 1024  # replicas remembered as stopped on purpose, so a report arriving late is ignored
 
 
@@ -42,7 +43,22 @@ class TelemetryState:
     _stopped: dict[str, None] = field(default_factory=dict)  # replicas that said they stopped, oldest first
     series: ArmSeries = field(default_factory=ArmSeries)  # per-arm numbers over time, for the charts
     _flushed: dict[str, int] = field(default_factory=dict)  # Ingress incarnation -> last flush counted
+    _metric_values: dict[str, dict[str, None]] = field(default_factory=dict)  # label -> values in the totals
     duplicates: int = 0  # flushes received again after they were counted, and dropped
+
+    def metric_segment(self, segment: Segment, max_values: int | None) -> Segment:
+        """The segment a value counts under in the totals: itself, or ``other`` once its label has
+        ``max_values`` values."""
+        label, value = segment
+        if max_values is None or segment == ALL or value in (OTHER, UNSET):
+            return segment
+        values = self._metric_values.setdefault(label, {})
+        if value in values:
+            return segment
+        if len(values) < max_values:
+            values[value] = None
+            return segment
+        return (label, OTHER)
 
     def first_delivery(self, seq: object) -> bool:
         """Whether a flush numbered ``seq`` (``[incarnation, n]``, absent from an older Ingress) is new.
@@ -66,11 +82,20 @@ class TelemetryState:
             self._flushed.pop(next(iter(self._flushed)))
         return True
 
-    def ingest(self, replica_id: str, window: Window, in_flight: int, now: float) -> None:
-        """Adds one Ingress replica's window (its counts since its previous report)."""
+    def ingest(
+        self, replica_id: str, window: Window, in_flight: int, now: float, max_values: int | None = None
+    ) -> None:
+        """Adds one Ingress replica's window (its counts since its previous report). In the totals (what
+        `/metrics` exports) each label keeps at most ``max_values`` values over the controller's life; later
+        ones count under ``other``, so the number of series stays bounded however many rollouts name
+        values of their own."""
         if self.total.empty():
             self.total.start = window.start
-        self.total.merge(window)
+        for (arm, segment), stats in window.arms.items():
+            self.total.arm(arm, self.metric_segment(segment, max_values)).merge(stats)
+        for segment, pairs in window.shadow.items():
+            self.total.shadow_in(self.metric_segment(segment, max_values)).merge(pairs)
+        self.total.end = max(self.total.end, window.end)
         self.series.add(window, now)
         self.ingress[replica_id] = {"last_seen": now, "in_flight": in_flight}
 

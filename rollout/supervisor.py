@@ -23,13 +23,13 @@ from rollout.matching import MATCHED_CANDIDATE, MATCHED_STABLE, Matcher
 from rollout.notify import CheckOutcome, Notifier
 from rollout.policy import rollout_key
 from rollout.report import ReportInput
-from rollout.state import TelemetryState
+from rollout.state import METRIC_VALUES_PER_TOP_N, TelemetryState
 from rollout.store import LoggedRequest, RolloutRecord, RolloutStore
 from rollout.store_url import redact
 from rollout.store_worker import StoreWorker
 from serving.config import IngressConfig
 from serving.operators import feedback_conflict
-from serving.segments import ALL
+from serving.segments import ALL, SegmentsSection
 from serving.sketch import LatencySketch
 from serving.telemetry import Window
 
@@ -394,7 +394,7 @@ class RolloutSupervisor:
         if not self.telemetry.first_delivery(window.get("seq")):
             return  # counted already: its first call outlived the replica's wait, which sent it again
         delta = Window.from_dict(window)
-        self.telemetry.ingest(replica_id, delta, in_flight, now)
+        self.telemetry.ingest(replica_id, delta, in_flight, now, self._metric_values())
         for lag in propagation_s:
             self.propagation.add(max(lag, 0.0))
         if self.machine is None:
@@ -457,15 +457,22 @@ class RolloutSupervisor:
         current = self.machine is not None and key == self.machine.state.key
         matcher = self._matcher() if current else None
         matched = matcher.feedback_arm(arm) if matcher is not None else None
-        for segment in [ALL, *(tuple(s) for s in segments)]:
-            windows = (
-                (self.telemetry.total, self.window, self._unsaved) if current else (self.telemetry.total,)
+        cap = self._metric_values()
+        for segment in [ALL, *((s[0], s[1]) for s in segments)]:
+            self.telemetry.total.arm(arm, self.telemetry.metric_segment(segment, cap)).record_feedback(
+                metric, value
             )
-            for window in windows:
-                window.arm(arm, segment).record_feedback(metric, value)  # type: ignore[arg-type]
-            if matched is not None:
-                for window in (self.window, self._unsaved):
-                    window.arm(matched, segment).record_feedback(metric, value)  # type: ignore[arg-type]
+            if not current:
+                continue
+            for window in (self.window, self._unsaved):
+                window.arm(arm, segment).record_feedback(metric, value)
+                if matched is not None:
+                    window.arm(matched, segment).record_feedback(metric, value)
+
+    def _metric_values(self) -> int:
+        """Values per label `/metrics` keeps over the controller's life (`TelemetryState.ingest`)."""
+        top_n = self.config.segments.top_n if self.config is not None else SegmentsSection().top_n
+        return METRIC_VALUES_PER_TOP_N * top_n
 
     def _matcher(self) -> Matcher | None:
         """The current rollout's time-matched sampler, when its policy asks for a matched baseline."""

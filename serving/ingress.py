@@ -225,6 +225,8 @@ class Ingress(OperatorRoutes):
             self._contract = config.contract.build()
         if config.segments != previous.segments:
             self._segments = SegmentExtractor(config.segments)
+        elif key != previous_key:
+            self._segments.renew_budget()  # a new rollout's evidence may name values of its own
         self._shadow.max_in_flight = config.rollout.shadow_max_in_flight
         self._shadow.batch_size = config.rollout.shadow_batch_size
         self._shadow.batch_wait_s = config.rollout.shadow_batch_wait_s

@@ -276,6 +276,13 @@ class HeavyHitters:
         self._min = min(buckets, default=0)
         self._bar = 0.0
 
+    def renew_budget(self) -> None:
+        """Starts a new naming budget (at a new rollout, whose evidence starts afresh): the values named now
+        keep their names and count in it, and ``max_names - top_n`` or more new ones may be named. Without
+        it a replica that lives for months would, after its first ``max_names`` heavy values, never name a
+        tenant that grows big later."""
+        self._ever = set(self._named)
+
     def top(self) -> list[tuple[str, int]]:
         """The ``top_n`` tracked values by count, largest first (estimates, for inspection)."""
         return sorted(self._counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.top_n]
@@ -314,6 +321,11 @@ class SegmentExtractor:
 
     def tracked_values(self) -> int:
         return sum(len(h) for h in self._hitters.values())
+
+    def renew_budget(self) -> None:
+        """A new naming budget for every label (see `HeavyHitters.renew_budget`)."""
+        for hitters in self._hitters.values():
+            hitters.renew_budget()
 
 
 def _tokens(body: Any) -> int:

@@ -213,3 +213,21 @@ def test_metrics_counters_span_the_controllers_life_and_gauges_the_current_rollo
     assert p95 == pytest.approx(0.010, rel=0.02)
     ok = [s.value for s in families["canary_requests"].samples if s.labels["outcome"] == "ok"]
     assert ok == [200]
+
+
+def test_the_totals_keep_a_bounded_number_of_values_per_label_and_count_the_rest_as_other():
+    state = TelemetryState()
+    for i in range(6):  # six tenants over the controller's life (rollouts naming values of their own)
+        w = Window()
+        for segment in (ALL, ("tenant", f"t{i}"), ("tier", "gold")):
+            w.arm("stable", segment).record("ok", 0.01)
+        w.shadow_in(("tenant", f"t{i}")).mirrored += 1
+        state.ingest("ingress-0", w, 0, now=1.0, max_values=4)
+    again = Window()
+    again.arm("stable", ("tenant", "t1")).record("error", 0.01)
+    state.ingest("ingress-0", again, 0, now=2.0, max_values=4)
+    tenants = {seg[1]: st.requests for (arm, seg), st in state.total.arms.items() if seg[0] == "tenant"}
+    assert tenants == {"t0": 1, "t1": 2, "t2": 1, "t3": 1, "other": 2}  # t4 and t5 beyond the four
+    assert state.total.arm("stable", ("tier", "gold")).requests == state.total.arm("stable").requests == 6
+    assert state.total.shadow_in(("tenant", "other")).mirrored == 2
+    assert state.metric_segment(("tenant", "unset"), 4) == ("tenant", "unset")

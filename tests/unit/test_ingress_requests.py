@@ -171,3 +171,25 @@ def test_a_client_that_disconnects_mid_body_on_predict_is_not_an_error(monkeypat
     assert sent[0]["status"] == 499
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert ingress._window.empty()  # nothing was served, so nothing is counted
+
+
+def test_a_new_rollout_renews_the_segment_naming_budget_and_a_weight_edit_does_not(monkeypatch):
+    patch_serve(monkeypatch, FakeController())
+
+    async def scenario() -> list[tuple[str, int]]:
+        ingress = make_ingress()
+        renewed = []
+        try:
+            for rollout_id, weight in (("fraud-v2", 5), ("fraud-v2", 10), ("fraud-v3", 10)):
+                await ingress.reconfigure({"rollout": {"rollout_id": rollout_id, "candidate_weight": weight}})
+                tenants = ingress._segments._hitters["tenant"]
+                renewed.append((rollout_id, tenants.ever_named))
+                tenants._ever.add(f"{rollout_id}-spent")  # a name given out under this rollout
+        finally:
+            for task in (ingress._flusher, ingress._watcher):
+                if task is not None:
+                    task.cancel()
+        return renewed
+
+    # the weight edit keeps fraud-v2's budget (its name still counts); fraud-v3 starts a new one
+    assert asyncio.run(scenario()) == [("fraud-v2", 0), ("fraud-v2", 1), ("fraud-v3", 0)]

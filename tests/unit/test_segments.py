@@ -173,3 +173,18 @@ def test_a_label_with_few_values_names_each_from_its_first_request():
 def test_bad_segment_config_is_refused_with_a_reason(kwargs, message):
     with pytest.raises(ValidationError, match=message):
         SegmentsSection.model_validate(kwargs)
+
+
+def test_a_new_budget_names_a_tenant_that_grows_after_the_replica_spent_its_first():
+    rng = random.Random(9)
+    h = HeavyHitters(top_n=2, halve_every=20_000)  # at most 2 x top_n = 4 names in a budget
+    for phase in range(3):  # three eras, each with two heavy tenants of its own
+        heavy = [f"era{phase}-a", f"era{phase}-b"]
+        for _ in range(60_000):
+            h.offer(rng.choice(heavy) if rng.random() < 0.9 else f"t{rng.randrange(10**6)}")
+    assert h.ever_named == 4 and "era2-a" not in h.named and "era2-b" not in h.named  # the budget is spent
+    h.renew_budget()  # a new rollout
+    assert h.ever_named == len(h.named)  # the names in use are kept, and count in the new budget
+    for _ in range(60_000):
+        h.offer(rng.choice(["era2-a", "era2-b"]) if rng.random() < 0.9 else f"t{rng.randrange(10**6)}")
+    assert {"era2-a", "era2-b"} <= h.named
