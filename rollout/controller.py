@@ -28,6 +28,7 @@ from rollout.store import Retention, RolloutStore
 from rollout.store_url import parse_store_location
 from rollout.store_worker import StoreWorker
 from rollout.supervisor import MAX_UNSTORED_WRITES, CheckAsk, FeedbackError, RolloutSupervisor
+from serving.errors import ControllerUnavailableError
 
 NAMESPACE = "canary"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -335,11 +336,11 @@ class RolloutController:
         return 200, {"markdown": report.markdown, "html": report.html, "images": report.images}
 
 
-class StoreUnavailableError(RuntimeError):
+class StoreUnavailableError(ControllerUnavailableError):
     """The rollout store did not answer in time for a config to be taken."""
 
 
-class ControllerStartingError(RuntimeError):
+class ControllerStartingError(ControllerUnavailableError):
     """The controller has not opened its store yet (it is down, or hangs); the message says why."""
 
 

@@ -7,6 +7,10 @@ class CanaryServingError(Exception):
     """Root of every error the serving layer raises on purpose."""
 
 
+class ControllerUnavailableError(CanaryServingError, RuntimeError):
+    """The rollout controller cannot answer yet (its store is opening, or does not answer): callers retry."""
+
+
 class ConfigError(CanaryServingError):
     """One invalid key in a deployment's `user_config` or in the application's `args`.
 

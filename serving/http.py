@@ -19,6 +19,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
+from serving.errors import ControllerUnavailableError
+
 logger = logging.getLogger("ray.serve")
 
 # Deeper request bodies are refused: no request this service reads nests more than a few levels, and past a
@@ -230,7 +232,17 @@ def unrenderable(content: Any, exc: BaseException) -> str:
 
 
 def controller_silent(exc: BaseException | None = None) -> JSONResponse:
-    """503 for a rollout controller that did not answer (in time, or with an error: its reason, one line)."""
+    """503 for a rollout controller that did not answer (in time, restarting, its store not open yet), with
+    the reason in one line; 500 for one that raised anything else, a defect, whose traceback goes to the
+    Ingress's log, not to the client (a 503 would have a client retry it for ever)."""
+    cause = getattr(exc, "cause", None)  # what the controller's method raised, when it raised
+    if isinstance(cause, Exception) and not isinstance(cause, TimeoutError | ControllerUnavailableError):
+        logger.error("the rollout controller failed: %s", error_line(cause), exc_info=exc)
+        return HTTPProblem(
+            500,
+            "controller_error",
+            f"the rollout controller failed: {error_line(cause)} (see the Ingress log)",
+        ).response()
     detail = "the rollout controller did not answer"
     if exc is not None:
         detail = f"{detail}: {error_line(exc)}"

@@ -183,3 +183,32 @@ def test_a_client_that_disconnects_mid_body_is_answered_499_and_logged_quietly(c
     assert sent[0]["status"] == 499
     assert json.loads(sent[1]["body"])["error"] == "client_disconnected"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def _raised_in_controller(cause: Exception) -> Exception:
+    """What a Ray actor call raises at the caller when the actor's method raised ``cause``."""
+    from ray.exceptions import RayTaskError
+
+    return RayTaskError("act", "Traceback (most recent call last):\n  ...", cause).as_instanceof_cause()
+
+
+def test_a_controller_that_raised_a_defect_is_500_logged_here_and_one_line_to_the_client(caplog):
+    from ray.exceptions import ActorDiedError
+
+    from rollout.controller import ControllerStartingError
+    from serving.http import controller_silent
+
+    response = controller_silent(_raised_in_controller(KeyError("stage_index")))
+    body = json.loads(response.body)
+    assert response.status_code == 500 and body["error"] == "controller_error"
+    assert "KeyError" in body["detail"] and "Traceback" not in body["detail"]
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+    for unavailable in (
+        _raised_in_controller(ControllerStartingError("the store is opening")),
+        _raised_in_controller(TimeoutError()),
+        TimeoutError(),
+        ActorDiedError(),
+    ):
+        response = controller_silent(unavailable)
+        assert response.status_code == 503, unavailable
+        assert json.loads(response.body)["error"] == "controller_unavailable"
