@@ -238,6 +238,7 @@ function renderStages(state) {
     ["rollout", state.rollout_id || "–"],
     ["owner", state.owner || "–"],
     ["rolls back when", state.rollback_condition || "–"],
+    ["compared with", baselineText(state.baseline)],
     ["in this stage", isNum(state.stage_started_at) ? duration(now - state.stage_started_at) + (stage ? ` of ≥ ${duration(stage.min_duration_s)}` : "") : "–"],
     ["requests in stage", state.stage_requests !== undefined ? fmtInt(state.stage_requests) + (stage ? ` of ≥ ${fmtInt(stage.min_requests)}` : "") : "–"],
     ["routing push", state.propagation_ms && isNum(state.propagation_ms.p99) ? `p99 ${fmtMs(state.propagation_ms.p99)} (${fmtInt(state.propagation_ms.count)} pushes)` : "–"],
@@ -245,6 +246,14 @@ function renderStages(state) {
   if (state.config_error) facts.push(["config refused", state.config_error]);
   if (state.config_pending) facts.push(["config pending", state.config_pending]);
   replace($("facts"), facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+}
+
+// What the comparative gates compare the candidate with (GET /rollout's `baseline`).
+function baselineText(baseline) {
+  if (!baseline || baseline.mode !== "matched") return "all of stable's answers since the rollout started";
+  const sizes = isNum(baseline.stable_requests) && isNum(baseline.candidate_requests)
+    ? ` (${fmtInt(baseline.stable_requests)} / ${fmtInt(baseline.candidate_requests)} so far)` : "";
+  return `stable at the candidate's pace, ${fmtNum(baseline.ratio)} answers per candidate answer${sizes}`;
 }
 
 // --- gates, segments, shadow, replicas, events -----------------------------------------------------------

@@ -349,3 +349,21 @@ def test_a_global_fail_no_tier_explains_yet_shows_the_largest_p95_ratio_as_an_es
     assert all("worse" not in (rows.nth(i).get_attribute("class") or "") for i in range(rows.count()))
     assert not errors, errors
     page.close()
+
+
+def test_the_page_says_what_the_candidate_is_compared_with(demo, browser):
+    live = httpx.get(f"{demo}/rollout", timeout=30).json()
+    assert live["baseline"] == {"mode": "all"}  # the demo's default
+    matched = {"mode": "matched", "ratio": 3.0, "stable_requests": 5400, "candidate_requests": 1800}
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.route(re.compile(r".*/rollout$"), lambda route: route.fulfill(json={**live, "baseline": matched}))
+    page.goto(f"{demo}/dashboard")
+    page.wait_for_function("() => /compared with/.test(document.getElementById('facts').textContent)")
+    facts = page.locator("#facts").inner_text()
+    assert "stable at the candidate's pace, 3 answers per candidate answer (5,400 / 1,800 so far)" in facts, (
+        facts
+    )
+    assert not errors, errors
+    page.close()
