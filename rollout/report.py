@@ -129,6 +129,11 @@ def _blocks(data: ReportInput, t0: float | None, t_end: float | None) -> list[Bl
         blocks.append(("note", note))
     about = {name: policy.get(field) for name, field in _ABOUT.items()}
     about["Rollout"] = f"{_text(state.get('rollout_id'))} (key {data.key})"
+    about["Compared with"] = (
+        "stable sampled at the candidate's pace (comparative gates; baseline: matched)"
+        if policy.get("baseline") == "matched"
+        else "all of stable's answers since the rollout started (baseline: all)"
+    )
     blocks.append(("table", ["", ""], [[k, _text(v)] for k, v in about.items()]))
 
     merged = Window()

@@ -144,6 +144,13 @@ def test_promoted_report_has_owner_condition_versions_and_every_event():
     assert "0 h" not in md and "1 min 0 s" in md  # the 60 s rollout's duration, for humans
     assert "None: the candidate was not worse" in md
     assert "Awaiting review" not in md
+    assert "all of stable's answers since the rollout started (baseline: all)" in md
+
+
+def test_the_report_says_when_the_candidate_was_compared_with_a_time_matched_sample():
+    data = promoted()
+    matched = build_report(replace(data, policy={**data.policy, "baseline": "matched"})).markdown
+    assert "stable sampled at the candidate's pace (comparative gates; baseline: matched)" in matched
 
 
 def test_rolled_back_report_puts_the_failing_gate_and_segment_first():
