@@ -375,11 +375,14 @@ class RolloutStore:
             ).fetchone()
         return _record(row) if row else None
 
-    def rollouts(self, app: str | None = None) -> list[RolloutRecord]:
-        """Every rollout (of ``app`` when given), most recently created first."""
+    def rollouts(self, app: str | None = None, limit: int | None = None) -> list[RolloutRecord]:
+        """Every rollout (of ``app`` when given), most recently created first; the first ``limit`` of them."""
         where, args = ("WHERE app = ?", (app,)) if app is not None else ("", ())
+        tail = f" LIMIT {int(limit)}" if limit is not None else ""
         with self._read() as conn:
-            rows = conn.execute(f"{_ROLLOUT_SELECT} {where} ORDER BY created DESC, ord DESC", args).fetchall()
+            rows = conn.execute(
+                f"{_ROLLOUT_SELECT} {where} ORDER BY created DESC, ord DESC{tail}", args
+            ).fetchall()
         return [_record(row) for row in rows]
 
     # -- events ------------------------------------------------------------------------------------------

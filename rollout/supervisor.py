@@ -206,12 +206,28 @@ class RolloutSupervisor:
             self.telemetry.series.add(window, window.end or window.start)  # the charts keep its history
         self._keep_events(self.store.events(record.key))
         self._load_final_evidence()
+        self._left = self._stored_left(record.key)
         self._set_webhooks(config.rollout.webhooks)
         self.telemetry.known_replicas(state.replica_ooms)
         state.table_version += 1  # every Ingress re-reads the table after a restart
         logger.info(
             "resumed rollout %s at %s (weight %s)", state.key, state.phase.value, state.candidate_weight
         )
+
+    def _stored_left(self, current: str) -> dict[str, str]:
+        """The application's other recent rollouts and the stage each was left at, oldest first: a restarted
+        controller files their late counts under them too (a redeploy may still be rolling out)."""
+        left: dict[str, str] = {}
+        for record in reversed(self.store.rollouts(self.app, limit=MAX_LEFT_ROLLOUTS + 1)):
+            if record.key == current:
+                continue
+            try:
+                config = IngressConfig.model_validate(record.policy["config"])
+                machine = RolloutMachine(config.rollout, RolloutState.from_dict(record.state))
+            except Exception:  # written by an incompatible version: its late counts stay unfiled
+                continue
+            left[record.key] = machine.stage.name if machine.stage else machine.state.phase.value
+        return left
 
     def _keep_events(self, events: list[dict[str, Any]]) -> None:
         self._events, self._events_total = events[-EVENTS_KEPT:], len(events)

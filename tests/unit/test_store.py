@@ -140,6 +140,7 @@ def test_latest_and_listing_order(store: RolloutStore, clock: FakeClock):
     assert latest is not None and latest.key == KEY  # most recently *updated*
     assert [r.key for r in store.rollouts()] == ["text/r1", "fraud/r2", KEY]  # newest created first
     assert [r.key for r in store.rollouts("fraud")] == ["fraud/r2", KEY]
+    assert [r.key for r in store.rollouts("fraud", limit=1)] == ["fraud/r2"]
     assert store.latest_rollout("nope") is None
 
 

@@ -660,6 +660,28 @@ def test_counts_served_under_a_rollout_already_left_are_filed_under_it(
     assert sup.store.find_request("req-late").key == r1
 
 
+def test_a_restarted_controller_still_files_counts_of_the_rollout_it_had_left(
+    store_path: Path, clock: Clock
+) -> None:
+    sup = supervisor(store_path, clock)
+    sup.configure(section(), VERSIONS)
+    run(sup, clock, 3)
+    r1 = sup.view()["rollout_key"]
+    sup.configure(section(), {**VERSIONS, "candidate": "fraud-v3"})
+    clock.now += 10
+    sup.persist()
+    again = supervisor(store_path, clock)  # restarted mid-redeploy: a replica still serves r1's candidate
+    assert again.view()["rollout_key"] != r1
+    late = Window(start=clock.now - 1, end=clock.now)
+    for _ in range(50):
+        late.arm("candidate").record("error", 0.05)
+    again.ingest("old-ingress", late.to_dict(), 0, rollout=r1)
+    assert again.window.arm("candidate").requests == 0
+    clock.now += 10
+    again.persist()
+    assert again.store.merged_window(r1).arm("candidate").errors == 50
+
+
 def test_a_store_that_hangs_holds_up_neither_the_judgement_nor_the_rollback(
     store_path: Path, clock: Clock
 ) -> None:
