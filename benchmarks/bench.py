@@ -273,18 +273,33 @@ def labels(settings: Settings) -> dict[str, str]:
     }
 
 
-def run_suite(settings: Settings, port: int, progress: Progress | None = None) -> dict[str, Any]:
+def run_suite(
+    settings: Settings,
+    port: int,
+    progress: Progress | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Runs the suite against the Ray Serve running in this process (its HTTP proxy on ``port``).
 
-    Returns the results payload (see `bench_report.analyse` for the ratios and goals it adds).
+    Returns the results payload (see `bench_report.analyse` for the ratios and goals it adds). After each
+    model but the last, ``on_partial`` gets the payload of the models measured so far, marked ``partial``, so
+    a run stopped later (a time limit on a leased GPU machine) still leaves what it measured.
     """
     progress = progress or Progress()
     gpu = has_gpu()
     config_path, base = base_config(settings, gpu)
-    models = {}
+    models: dict[str, Any] = {}
     for artifact in settings.models:
         result = run_model(artifact, settings, port, base, progress)
         models[result["model_version"]] = result
+        if on_partial is not None and len(models) < len(settings.models):
+            partial = suite_payload(settings, config_path, gpu, models)
+            on_partial({**partial, "partial": f"{len(models)} of {len(settings.models)} models measured"})
+    return suite_payload(settings, config_path, gpu, models)
+
+
+def suite_payload(settings: Settings, config_path: str, gpu: bool, models: dict[str, Any]) -> dict[str, Any]:
+    """The results of the models measured, with the ratios and goals (`bench_report.analyse`)."""
     payload = {
         "comparison": "(a) raw model on the device vs (b) plain Ray Serve peers vs (c) canary-serve",
         "sides": {
@@ -293,7 +308,7 @@ def run_suite(settings: Settings, port: int, progress: Progress | None = None) -
         },
         "settings": {**asdict(settings), "config": config_path},
         "gpu_run": None if gpu else "pending: this machine has no GPU, so these are CPU numbers",
-        "models": models,
+        "models": dict(models),
     }
     return bench_report.analyse(payload, gpu)
 
@@ -505,13 +520,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.bench"
 
         try:
             with own_serve() as port:
-                payload = run_suite(settings, port, Shown())
+                results = run_suite(settings, port, Shown(), on_partial=lambda p: write(p, args.out))
         except BenchError as exc:
             bar.stop()
             console.print(f"error: {exc}", markup=False, highlight=False)
             return 1
-    paths = write(payload, args.out)
-    print(bench_report.markdown(payload))
+    paths = write(results, args.out)
+    print(bench_report.markdown(results))
     print("\nwrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -271,6 +271,8 @@ def markdown(payload: dict[str, Any]) -> str:
             "ratios (each round's sides measured next to each other), with their range in brackets. The "
             "goals are judged on those medians.",
         ]
+    if payload.get("partial"):
+        head += ["", f"**Partial run:** {payload['partial']}; the run was stopped before the rest."]
     if payload.get("gpu_run"):
         head += [
             "",

@@ -295,3 +295,22 @@ def test_harness_closed_loop_keeps_its_result_and_counts_failures(monkeypatch):
     assert isinstance(result, harness.LoadResult) and set(seen) == {"/p"}
     assert result.requests > 0 and 0 < result.non_2xx < result.requests
     assert result.throughput == pytest.approx((result.requests - result.non_2xx) / 1.0, rel=0.5)
+
+
+def test_a_run_stopped_after_its_first_model_has_already_written_that_model(monkeypatch, tmp_path):
+    measured = iter([model("text_transformer", (78.0, 290.0)), model("fraud_mlp", (90.0, 310.0))])
+    monkeypatch.setattr(bench, "has_gpu", lambda: False)
+    monkeypatch.setattr(bench, "run_model", lambda *args: next(measured))
+    written = []
+
+    final = bench.run_suite(
+        bench.QUICK, port=1, on_partial=lambda p: written.append(bench.write(p, tmp_path))
+    )
+
+    assert len(written) == 1  # after the first model only; the last model's results are the final payload
+    json_path, md_path, _ = written[0]
+    saved = json.loads(json_path.read_text())
+    assert list(saved["models"]) == ["text_transformer-v1"] and saved["partial"] == "1 of 2 models measured"
+    assert saved["models"]["text_transformer-v1"]["goals"]
+    assert "Partial run:** 1 of 2 models measured" in md_path.read_text()
+    assert list(final["models"]) == ["text_transformer-v1", "fraud_mlp-v1"] and "partial" not in final
