@@ -159,6 +159,9 @@ def test_sides_share_the_gpu_and_take_the_canary_configs_sizes():
     )
     forwarder = next(d for d in two_hop["deployments"] if d["name"] == "Forwarder")
     assert forwarder["max_ongoing_requests"] == 200
+    # the model behind a hop takes the stable arm's limit; the direct peer's, facing the proxy, the Ingress's
+    assert [d["max_ongoing_requests"] for d in two_hop["deployments"] if d["name"] == "Model"] == [64]
+    assert [d["max_ongoing_requests"] for d in direct["deployments"]] == [200]
 
 
 def test_canary_runs_at_the_stage_asked_for_and_its_results_never_replace_the_default_stages(tmp_path):
