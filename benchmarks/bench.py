@@ -307,7 +307,7 @@ def suite_payload(settings: Settings, config_path: str, gpu: bool, models: dict[
             **labels(settings),
         },
         "settings": {**asdict(settings), "config": config_path},
-        "gpu_run": None if gpu else "pending: this machine has no GPU, so these are CPU numbers",
+        "gpu_run": None if gpu else "none on this machine: these are CPU numbers",
         "models": dict(models),
     }
     return bench_report.analyse(payload, gpu)

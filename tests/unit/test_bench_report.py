@@ -78,7 +78,7 @@ def payload(gpu, canary_throughput=(78.0, 290.0), architecture="fraud_logistic",
     data = {
         "sides": bench.labels(settings),
         "settings": {**bench.asdict(settings), "config": "configs/demo.yaml"},
-        "gpu_run": None if gpu else "pending: no GPU",
+        "gpu_run": None if gpu else "none on this machine: these are CPU numbers",
         "models": {"m": model(architecture, canary_throughput)},
     }
     return bench_report.analyse(data, gpu)
@@ -107,7 +107,7 @@ def test_the_throughput_goal_is_judged_by_the_worst_concurrency():
 
 def test_the_raw_goal_is_judged_only_for_the_compute_bound_model_on_a_gpu():
     cpu = payload(gpu=False, architecture="text_transformer")["models"]["m"]["goals"]["best_vs_raw_on_gpu"]
-    assert cpu["met"] is None and "pending" in cpu["note"]
+    assert cpu["met"] is None and cpu["note"] == "set for a GPU; this run had none"
     gpu = payload(gpu=True, architecture="text_transformer")["models"]["m"]["goals"]["best_vs_raw_on_gpu"]
     assert gpu["met"] is False and gpu["value"] == pytest.approx(0.29)
     fraud = payload(gpu=True)["models"]["m"]["goals"]["best_vs_raw_on_gpu"]
@@ -124,7 +124,7 @@ def test_a_missing_value_is_not_judged_as_met():
 def test_markdown_states_ratios_goals_and_that_gpu_numbers_are_absent():
     text = bench_report.markdown(payload(gpu=False))
     assert "| 1 | 0.78× | 0.97× | 1.00× |" in text
-    assert "GPU: none on this machine" in text and "pending" in text
+    assert "GPU: none on this machine" in text and "raw goal is not judged" in text
     assert "not judged" in text and "quick run" in text
     assert "Where the CPU goes" in text and "| proxy | 5.0 | 5.0 | 5.0 |" in text
     assert "| Model | 3.0 | – | – |" in text  # each side's own deployments, by name
