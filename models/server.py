@@ -24,7 +24,7 @@ from models.faults import FaultInjector
 from models.gpu import GpuMonitor, use_pci_bus_order
 from models.predictor import Predictor
 from rollout.controller import find_controller
-from serving.config import ModelServerConfig, validate_section
+from serving.config import MODEL_MAX_ONGOING_REQUESTS, ModelServerConfig, validate_section
 from serving.errors import InvalidConfigError
 
 logger = logging.getLogger("ray.serve")
@@ -64,7 +64,7 @@ SHUTDOWN_REPORT_S = 2.0  # the last report at graceful shutdown (within graceful
 
 
 @serve.deployment(
-    max_ongoing_requests=64,
+    max_ongoing_requests=MODEL_MAX_ONGOING_REQUESTS,
     health_check_period_s=5,
     health_check_timeout_s=30,
     graceful_shutdown_timeout_s=10,

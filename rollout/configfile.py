@@ -8,7 +8,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from serving.config import AppArgs, IngressConfig, ModelServerConfig, validate_section
+from serving.config import (
+    MODEL_MAX_ONGOING_REQUESTS,
+    AppArgs,
+    IngressConfig,
+    ModelServerConfig,
+    validate_section,
+)
 from serving.errors import ConfigError, InvalidConfigError
 
 CANARY_IMPORT_PATH = "serving.app:build"
@@ -127,11 +133,34 @@ def check_config(config: dict[str, Any], source: str = "config", *, artifacts: b
             if "user_config" not in dep:
                 continue
             try:
-                validate_section(schema, dep["user_config"], source=f"{name} user_config")
+                section = validate_section(schema, dep["user_config"], source=f"{name} user_config")
             except InvalidConfigError as exc:
                 errors += [_prefixed(f"{where}.deployments[{name}].user_config.", e) for e in exc.errors]
+                continue
+            if isinstance(section, ModelServerConfig):
+                errors += _batch_fits(f"{where}.deployments[{name}]", dep, section)
     if errors:
         raise InvalidConfigError(source, errors)
+
+
+def _batch_fits(where: str, deployment: dict[str, Any], section: ModelServerConfig) -> list[ConfigError]:
+    """A model arm's largest batch must fit in the requests one replica holds at once: Serve hands a replica
+    at most ``max_ongoing_requests`` (64 unless set), so a larger ``max_batch_size`` is never reached and a
+    GPU runs smaller batches than the config says (Ray only logs a warning once the replica runs)."""
+    holds = deployment.get("max_ongoing_requests", MODEL_MAX_ONGOING_REQUESTS)
+    batch = section.batching.max_batch_size
+    if not isinstance(holds, int) or holds < 0 or batch <= holds:
+        return []  # Ray's schema judged max_ongoing_requests itself
+    return [
+        ConfigError(
+            f"{where}.user_config.batching.max_batch_size",
+            f"larger than the deployment's max_ongoing_requests ({holds}): a replica never holds more than "
+            f"{holds} requests, so no batch would be larger",
+            f"at most {holds}, or max_ongoing_requests raised to at least {batch} (twice that lets the next "
+            "batch gather while one runs)",
+            batch,
+        )
+    ]
 
 
 def _shape_error_key(config: Any) -> str:

@@ -163,6 +163,9 @@ class Batching(_Strict):
     )
 
 
+MODEL_MAX_ONGOING_REQUESTS = 64  # a model arm's default; its batches never exceed it (see rollout.configfile)
+
+
 class ModelServerConfig(_Strict):
     """The ``user_config`` of a ``ModelServer`` deployment (``stable`` or ``candidate``)."""
 

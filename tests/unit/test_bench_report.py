@@ -159,9 +159,13 @@ def test_sides_share_the_gpu_and_take_the_canary_configs_sizes():
     )
     forwarder = next(d for d in two_hop["deployments"] if d["name"] == "Forwarder")
     assert forwarder["max_ongoing_requests"] == 200
-    # the model behind a hop takes the stable arm's limit; the direct peer's, facing the proxy, the Ingress's
-    assert [d["max_ongoing_requests"] for d in two_hop["deployments"] if d["name"] == "Model"] == [64]
-    assert [d["max_ongoing_requests"] for d in direct["deployments"]] == [200]
+    # the model behind a hop takes the stable arm's limit; the direct peer's, facing the proxy, at least the
+    # Ingress's
+    assert [d["max_ongoing_requests"] for d in two_hop["deployments"] if d["name"] == "Model"] == [256]
+    assert [d["max_ongoing_requests"] for d in direct["deployments"]] == [256]
+    _, cpu_base = bench.base_config(bench.FULL, gpu=False)  # configs/demo.yaml: 64 per arm
+    cpu_direct = sides.applications(cpu_base, "models/artifacts/fraud-v2", "/tmp/x.db", gpus=0.0)[0]
+    assert [d["max_ongoing_requests"] for d in cpu_direct["deployments"]] == [200]
 
 
 def test_canary_runs_at_the_stage_asked_for_and_its_results_never_replace_the_default_stages(tmp_path):

@@ -101,3 +101,36 @@ def test_artifacts_that_live_only_on_a_remote_cluster_can_skip_the_local_check()
     with pytest.raises(InvalidConfigError) as refused:
         check_config(config, artifacts=False)
     assert [e.key for e in refused.value.errors] == ["applications[0].args.candidate.devise"]
+
+
+def _arm(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(d for d in config["applications"][0]["deployments"] if d["name"] == name)
+
+
+def test_a_batch_larger_than_the_requests_a_replica_holds_is_refused_naming_both_keys():
+    config = demo()
+    stable = _arm(config, "stable")
+    stable["max_ongoing_requests"] = 64
+    stable["user_config"]["batching"]["max_batch_size"] = 128
+    with pytest.raises(InvalidConfigError) as refused:
+        check_config(config)
+    (error,) = refused.value.errors
+    assert error.key == "applications[0].deployments[stable].user_config.batching.max_batch_size"
+    assert error.got == 128 and "max_ongoing_requests (64)" in error.problem
+    assert "max_ongoing_requests raised to at least 128" in error.expected
+    stable["max_ongoing_requests"] = 128  # exactly one batch's worth is enough
+    check_config(config)
+
+
+def test_without_max_ongoing_requests_the_model_servers_default_bounds_the_batch():
+    config = demo()
+    candidate = _arm(config, "candidate")
+    candidate.pop("max_ongoing_requests", None)
+    candidate["user_config"]["batching"]["max_batch_size"] = 64  # ModelServer's default: fits
+    check_config(config)
+    candidate["user_config"]["batching"]["max_batch_size"] = 65
+    with pytest.raises(InvalidConfigError) as refused:
+        check_config(config)
+    assert [e.key for e in refused.value.errors] == [
+        "applications[0].deployments[candidate].user_config.batching.max_batch_size"
+    ]
