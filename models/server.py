@@ -63,6 +63,23 @@ _OOM_SENTINEL = object()
 SHUTDOWN_REPORT_S = 2.0  # the last report at graceful shutdown (within graceful_shutdown_timeout_s)
 
 
+def _batch_warning(max_batch_size: int) -> str | None:
+    """Why ``max_batch_size`` cannot be reached in this replica, if it cannot: Serve hands a replica at most
+    its deployment's ``max_ongoing_requests``. `canary deploy` refuses such a config; ``serve run`` takes it,
+    so the replica says so (in its log, `info` and ``GET /rollout``'s replicas)."""
+    try:
+        holds = serve.get_replica_context()._deployment_config.max_ongoing_requests
+    except Exception:  # no replica context (a unit test), or Ray moved the private field: say nothing
+        return None
+    if not isinstance(holds, int) or not 0 < holds < max_batch_size:
+        return None
+    return (
+        f"user_config.batching.max_batch_size ({max_batch_size}) is larger than this deployment's "
+        f"max_ongoing_requests ({holds}): no batch will hold more than {holds} requests; raise "
+        f"max_ongoing_requests to at least {max_batch_size} or lower max_batch_size"
+    )
+
+
 @serve.deployment(
     max_ongoing_requests=MODEL_MAX_ONGOING_REQUESTS,
     health_check_period_s=5,
@@ -94,6 +111,7 @@ class ModelServer:
         logger.info("%s: serving %s on %s", arm, self._metadata.version, where)
         self._config = ModelServerConfig()
         self._config_error: str | None = None
+        self._config_warning: str | None = None
         self._configured = False
         self._faults = FaultInjector(None, random.Random())
         self._consecutive_ooms = 0
@@ -134,6 +152,9 @@ class ModelServer:
             return
         self._config = config
         self._config_error = None
+        self._config_warning = _batch_warning(config.batching.max_batch_size)
+        if self._config_warning:
+            logger.warning("%s: %s", self._arm, self._config_warning)
         self._configured = True
         self._batched.set_max_batch_size(config.batching.max_batch_size)
         self._batched.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
@@ -224,6 +245,7 @@ class ModelServer:
                 int(torch.cuda.memory_reserved(self._device)) if self._device.type == "cuda" else None
             ),
             "batching": self._config.batching.model_dump(),
+            "config_warning": self._config_warning,
         }
 
     async def __del__(self) -> None:
@@ -289,4 +311,5 @@ class ModelServer:
             "faults_active": self._faults.active,
             "oom_events": self._oom_events,
             "config_error": self._config_error,
+            "config_warning": self._config_warning,
         }

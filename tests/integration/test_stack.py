@@ -180,6 +180,22 @@ def test_invalid_model_config_update_is_refused_and_the_replica_keeps_serving(ca
     assert info["batching"]["max_batch_size"] == 32
 
 
+def test_a_batch_larger_than_the_replica_can_hold_is_taken_but_said_in_info_and_rollout(canary):
+    # `serve run` does not go through canary deploy's check: the replica applies the config and says why its
+    # batches stay smaller (the demo config's arms hold 64 requests at once)
+    canary.set_model_config("candidate", {"batching": {"max_batch_size": 100}})
+    info = wait_until(lambda: (i := canary.replica_info("candidate"))["config_warning"] and i, 30)
+    assert info["batching"]["max_batch_size"] == 100 and not info["config_error"]
+    assert "max_ongoing_requests (64)" in info["config_warning"] and "at least 100" in info["config_warning"]
+    replicas = wait_until(
+        lambda: [r for r in canary.rollout()["replicas"] if r["arm"] == "candidate" and r["config_warning"]],
+        30,
+    )
+    assert replicas[0]["config_warning"] == info["config_warning"]
+    assert not canary.replica_info("stable")["config_warning"]
+    assert canary.predict("k").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("args", "key"),
     [
